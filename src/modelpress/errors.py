@@ -1,0 +1,89 @@
+"""The one exception hierarchy of modelpress.
+
+Every error a user can cause (a bad file, a bad option, a model we cannot handle) is a
+``ModelpressError``. Messages say what failed, where (file, node, value), what was expected,
+what was found, and how to fix it. The CLI maps each class to an exit code.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidModelError",
+    "ModelLoadError",
+    "ModelSaveError",
+    "ModelpressError",
+    "NumericMismatchError",
+    "PassError",
+    "PostconditionError",
+    "PreconditionError",
+    "ProtectionError",
+    "UsageError",
+]
+
+
+class ModelpressError(Exception):
+    """Base class of every error modelpress raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(ModelpressError):
+    """An option or argument is wrong (unknown pass name, bad level, missing file)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(ModelpressError):
+    """A model file or byte string could not be read as a safe, well-formed ONNX model."""
+
+    exit_code = 3
+
+
+class ModelSaveError(ModelpressError):
+    """A model could not be written; the destination was left untouched."""
+
+    exit_code = 3
+
+
+class InvalidModelError(ModelpressError):
+    """The model was read but breaks the ONNX specification (checker or IR invariant)."""
+
+    exit_code = 3
+
+
+class PreconditionError(ModelpressError):
+    """A pass or workflow was given a model it declares it cannot handle."""
+
+    exit_code = 4
+
+
+class PostconditionError(ModelpressError):
+    """A pass produced a model that breaks its own guarantees (a bug in modelpress)."""
+
+    exit_code = 5
+
+
+class PassError(ModelpressError):
+    """A pass failed; carries the pass name and the passes that ran before it."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, pass_name: str, history: tuple[str, ...] = ()) -> None:
+        detail = f"pass '{pass_name}' failed: {message}"
+        if history:
+            detail += f" (after passes: {', '.join(history)})"
+        super().__init__(detail)
+        self.pass_name = pass_name
+        self.history = history
+
+
+class NumericMismatchError(ModelpressError):
+    """Two models that must be equivalent gave different outputs beyond the tolerance."""
+
+    exit_code = 6
+
+
+class ProtectionError(ModelpressError):
+    """Encryption, decryption or de-obfuscation failed (wrong key, tampered file)."""
+
+    exit_code = 7

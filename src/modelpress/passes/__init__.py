@@ -1,0 +1,1 @@
+"""Graph passes and rewrite rules; the ordered default list lives in ``registry``."""

@@ -1,0 +1,150 @@
+"""A thin layer on ``onnx_ir.passes``: our pass base classes, the pass manager and instruments.
+
+A modelpress pass is an ``onnx_ir.passes.InPlacePass`` with a CLI ``name`` and a one-line
+``summary``. ``RulesPass`` applies a fixed list of ``onnxscript.rewriter`` rules until none
+matches and reports ``changed`` only when a rule fired. ``PassManager`` runs passes in rounds
+until a round changes nothing, records per-pass op counts and wall time, and wraps any failure
+in ``PassError`` with the pass name and the passes run before it. Instruments (callables run
+after every pass) add checks such as IR verification without the passes knowing.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import logging
+import time
+from typing import ClassVar
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import RewriteRule, RewriteRuleSet
+
+from modelpress.errors import ModelpressError, PassError
+from modelpress.ir.stats import op_histogram
+
+__all__ = ["Instrument", "ModelpressPass", "PassManager", "PassRecord", "RulesPass"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelpressPass(ir.passes.InPlacePass):
+    """Base of every modelpress pass: in place, with a CLI name and a summary line."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class RulesPass(ModelpressPass):
+    """Applies ``rules()`` (onnxscript rewrite rules) to the main graph and model functions.
+
+    Subgraph bodies (If/Loop/Scan) are left untouched by rule passes: onnxscript's rule
+    engine only walks the main graph and functions, and a partial walk would be worse.
+    """
+
+    max_rounds: ClassVar[int] = 8
+
+    def rules(self) -> collections.abc.Sequence[RewriteRule]:
+        """The rewrite rules this pass applies, in priority order."""
+        raise NotImplementedError
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Apply the rules until a round applies none (each rewrite can expose another)."""
+        rule_set = RewriteRuleSet(list(self.rules()))
+        total = 0
+        for _ in range(self.max_rounds):
+            count = rule_set.apply_to_model(model)
+            total += count
+            if not count:
+                break
+        if total:
+            logger.info("%s: %d rewrites", self.name, total)
+            common_passes.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, bool(total))
+
+
+Instrument = collections.abc.Callable[[ir.passes.PassBase, ir.Model], None]
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What one pass did over all rounds of a ``PassManager`` run.
+
+    ``op_delta`` sums, over every run of the pass, the change in node count per op type that
+    the pass itself made (not the passes around it).
+    """
+
+    name: str
+    changed: bool = False
+    runs: int = 0
+    seconds: float = 0.0
+    op_delta: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def nodes_delta(self) -> int:
+        """Net change in node count made by this pass (negative: nodes removed)."""
+        return sum(self.op_delta.values())
+
+    def add(self, before: dict[str, int], after: dict[str, int]) -> None:
+        """Accumulate the op-count change of one run."""
+        for op in set(before) | set(after):
+            change = after.get(op, 0) - before.get(op, 0)
+            if change:
+                self.op_delta[op] = self.op_delta.get(op, 0) + change
+        self.op_delta = {k: v for k, v in sorted(self.op_delta.items()) if v}
+
+
+class PassManager:
+    """Runs passes in rounds until a round changes nothing, recording what each pass did.
+
+    Args:
+        passes: The passes in order.
+        max_rounds: Upper bound on rounds (a round runs every pass once).
+        instruments: Callables ``f(pass, model)`` run after every pass that changed the model,
+            e.g. IR verification in tests, or a progress callback.
+    """
+
+    def __init__(
+        self,
+        passes: collections.abc.Sequence[ir.passes.PassBase],
+        *,
+        max_rounds: int = 4,
+        instruments: collections.abc.Sequence[Instrument] = (),
+    ) -> None:
+        self.passes = list(passes)
+        self.max_rounds = max_rounds
+        self.instruments = list(instruments)
+
+    def __call__(self, model: ir.Model) -> list[PassRecord]:
+        """Run the passes on ``model`` in place; return one record per pass."""
+        records = [PassRecord(_pass_name(p)) for p in self.passes]
+        history: list[str] = []
+        for _ in range(self.max_rounds):
+            round_changed = False
+            for pass_, record in zip(self.passes, records, strict=True):
+                before = op_histogram(model)
+                start = time.perf_counter()
+                try:
+                    result = pass_(model)
+                except ModelpressError:
+                    raise
+                except Exception as e:
+                    raise PassError(f"{type(e).__name__}: {e}", pass_name=record.name, history=tuple(history)) from e
+                record.seconds += time.perf_counter() - start
+                record.runs += 1
+                history.append(record.name)
+                if result.modified:
+                    record.changed = round_changed = True
+                    record.add(before, op_histogram(model))
+                    for instrument in self.instruments:
+                        instrument(pass_, model)
+            if not round_changed:
+                break
+        return records
+
+
+def _pass_name(pass_: ir.passes.PassBase) -> str:
+    return getattr(pass_, "name", "") or type(pass_).__name__

@@ -1,0 +1,79 @@
+"""Merge or cancel chains of layout ops: Transpose∘Transpose, Reshape∘Reshape, Squeeze/Unsqueeze.
+
+Before → after::
+
+    t = Transpose(x, perm=p1); y = Transpose(t, perm=p2)  =>  y = Transpose(x, perm=p1∘p2)
+                                                               (or y is x when the composition is identity)
+    r = Reshape(x, s1);  y = Reshape(r, s2)               =>  y = Reshape(x, s2)   (s2 without 0s)
+    u = Unsqueeze(x, a1); y = Unsqueeze(u, a2)            =>  y = Unsqueeze(x, a1 ∪ a2 remapped)
+    s = Squeeze(x, axes); y = Unsqueeze(s, axes)          =>  y is x   (same constant axes)
+    f = Flatten(x) on a static shape                      =>  Reshape, which can then merge
+    c = Cast(x, T1); y = Cast(c, T2) where T1 is wider    =>  y = Cast(x, T2)
+
+Transpose/Reshape/Unsqueeze/Cast/Flatten rules are onnxscript's basic rules;
+Squeeze→Unsqueeze cancellation is ours (only with equal, constant, non-negative-normalized axes).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
+from onnxscript.rewriter import _basics as basics
+from onnxscript.rewriter.rules import common as osr
+
+from modelpress.passes.base import RulesPass
+from modelpress.passes.rules import const_array
+
+__all__ = ["MergeTransposesReshapesPass"]
+
+
+class _SqueezeUnsqueeze(RewriteRuleClassBase):
+    """``Unsqueeze(Squeeze(x, axes), axes)`` -> x, axes constant and equal after normalization."""
+
+    def pattern(self, op, x, axes1, axes2):
+        return op.Unsqueeze(op.Squeeze(x, axes1), axes2)
+
+    def check(self, context, x, axes1, axes2) -> basics.MatchResult:
+        result = basics.MatchResult()
+        a1, a2 = const_array(axes1), const_array(axes2)
+        if a1 is None or a2 is None or x.shape is None:
+            return result.fail("axes not constant or rank of x unknown")
+        rank = len(x.shape)
+        n1 = sorted(int(a) % rank for a in np.atleast_1d(a1))
+        n2 = sorted(int(a) % rank for a in np.atleast_1d(a2))
+        if n1 != n2:
+            return result.fail(f"axes differ: {n1} vs {n2}")
+        return result
+
+    def rewrite(self, op, x, axes1, axes2):
+        return op.Identity(x)
+
+
+class MergeTransposesReshapesPass(RulesPass):
+    """Merge consecutive Transposes, Reshapes, Unsqueezes and Casts; cancel Squeeze/Unsqueeze pairs."""
+
+    name = "merge-transposes-reshapes"
+    summary = "merge or cancel consecutive Transpose/Reshape/Squeeze/Unsqueeze/Cast"
+
+    def rules(self) -> collections.abc.Sequence[RewriteRule]:
+        """onnxscript's merging rules, then ours."""
+        return [
+            osr.transpose_transpose_rule,
+            osr.flatten_to_reshape_rule,
+            osr.reshape_reshape_rule,
+            osr.unsqueeze_unsqueeze_rule,
+            osr.squeeze_reshape_1d_rule,
+            osr.cast_cast_rule,
+            _SqueezeUnsqueeze().rule(),
+        ]
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Apply the rules, then drop the Identity nodes cancellations leave behind."""
+        result = super().call(model)
+        if result.modified:
+            common_passes.IdentityEliminationPass()(model)
+        return result

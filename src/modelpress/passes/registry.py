@@ -1,0 +1,70 @@
+"""THE ordered list of passes, and the levels that select from it.
+
+Order matters: cleanup (fold, no-ops, dead code, CSE) first so that fusion patterns see the
+real producer/consumer pairs; fusions before BatchNorm→Scale, so that only BNs that could not
+be folded become Mul+Add; reordering last, then a final cleanup round (the pass manager
+repeats the whole list until a round changes nothing).
+
+Levels (cumulative):
+
+* ``basic``: semantics-preserving cleanups that never change arithmetic except by folding;
+* ``extended``: + fusions and operator replacement (changes arithmetic within fp32 rounding);
+* ``all``: + operator reordering (Slice ahead of element-wise ops, constant re-association).
+
+No pass registers itself on import: adding a pass means adding it here.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+
+import onnx_ir as ir
+
+from modelpress.errors import UsageError
+from modelpress.passes.eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
+from modelpress.passes.eliminate_dead_code import EliminateDeadCodePass
+from modelpress.passes.eliminate_no_ops import EliminateNoOpsPass
+from modelpress.passes.fold_constants import FoldConstantsPass
+from modelpress.passes.fuse_batchnorm import FuseBatchNormPass
+from modelpress.passes.fuse_matmul_add import FuseMatMulAddPass
+from modelpress.passes.merge_transposes_reshapes import MergeTransposesReshapesPass
+from modelpress.passes.remove_initializer_inputs import RemoveInitializerInputsPass
+
+__all__ = ["DEFAULT_PASSES", "LEVELS", "PASSES", "passes_for"]
+
+# (pass class, lowest level that runs it), in execution order.
+DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
+    (RemoveInitializerInputsPass, "basic"),
+    (FoldConstantsPass, "basic"),
+    (EliminateNoOpsPass, "basic"),
+    (EliminateDeadCodePass, "basic"),
+    (EliminateCommonSubexpressionsPass, "basic"),
+    (MergeTransposesReshapesPass, "basic"),
+    (FuseBatchNormPass, "extended"),
+    (FuseMatMulAddPass, "extended"),
+)
+
+LEVELS: tuple[str, ...] = ("basic", "extended", "all")
+
+PASSES: dict[str, type[ir.passes.PassBase]] = {cls.name: cls for cls, _ in DEFAULT_PASSES}  # type: ignore[attr-defined]
+
+
+def passes_for(
+    level: str = "all", names: collections.abc.Sequence[str] | None = None
+) -> list[ir.passes.PassBase]:
+    """Instantiate the passes of ``level`` (or exactly ``names``, in registry order).
+
+    Raises:
+        UsageError: unknown level or pass name; the message lists the valid ones.
+    """
+    if level not in LEVELS:
+        raise UsageError(f"unknown level '{level}'; choose one of: {', '.join(LEVELS)}")
+    if names:
+        unknown = [n for n in names if n not in PASSES]
+        if unknown:
+            raise UsageError(
+                f"unknown pass(es) {', '.join(unknown)}; known passes: {', '.join(PASSES)}"
+            )
+        return [cls() for cls, _ in DEFAULT_PASSES if cls.name in names]  # type: ignore[attr-defined]
+    rank = LEVELS.index(level)
+    return [cls() for cls, lvl in DEFAULT_PASSES if LEVELS.index(lvl) <= rank]
