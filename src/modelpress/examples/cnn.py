@@ -1,4 +1,4 @@
-"""The bundled example models (built in code: no download, deterministic weights)."""
+"""The bundled example CNN, built with onnx_ir (no torch needed)."""
 
 from __future__ import annotations
 
