@@ -62,6 +62,9 @@ class RulesPass(ModelpressPass):
                 break
         if total:
             logger.info("%s: %d rewrites", self.name, total)
+            # Rules emit Constant nodes for new attributes-as-inputs (axes, shapes): keep the
+            # graph in one convention, constants as initializers.
+            common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
             common_passes.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, bool(total))
 

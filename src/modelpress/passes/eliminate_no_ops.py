@@ -83,6 +83,35 @@ class _NoOpPad(RewriteRuleClassBase):
         return op.Identity(x)
 
 
+class _NoOpSlice(RewriteRuleClassBase):
+    """``Slice`` with step 1 whose normalized [start, end) covers every sliced axis of a static x."""
+
+    def pattern(self, op, x, starts, ends):
+        return op.Slice(x, starts, ends, _allow_other_inputs=True, _outputs=["y"])
+
+    def check(self, context, x, starts, ends, y) -> basics.MatchResult:
+        result = basics.MatchResult()
+        node = y.producer()
+        shape = static_shape(x)
+        args = [const_array(v) for v in node.inputs[1:]]
+        if shape is None or any(a is None for a in args):
+            return result.fail("input shape not static or slice parameters not constant")
+        starts_, ends_ = args[0], args[1]
+        axes = args[2] if len(args) > 2 else np.arange(len(starts_))
+        steps = args[3] if len(args) > 3 else np.ones(len(starts_), np.int64)
+        for start, end, axis, step in zip(starts_, ends_, axes, steps, strict=True):
+            dim = shape[int(axis) % len(shape)]
+            # ONNX Slice: negative indices count from the end, then clamp to [0, dim].
+            start = min(max(int(start) + dim if start < 0 else int(start), 0), dim)
+            end = min(max(int(end) + dim if end < 0 else int(end), 0), dim)
+            if step != 1 or start != 0 or end != dim:
+                return result.fail(f"Slice on axis {int(axis)} keeps [{start}:{end}:{int(step)}] of {dim}")
+        return result
+
+    def rewrite(self, op, x, starts, ends, y):
+        return op.Identity(x)
+
+
 class _InferenceDropout(RewriteRuleClassBase):
     """``Dropout(x[, ratio[, training_mode]])`` with training_mode absent or constant false.
 
@@ -134,6 +163,7 @@ class EliminateNoOpsPass(RulesPass):
             osr.no_op_transpose_rule,
             *osr._collapse_slices.rules,
             _NoOpReshape().rule(),
+            _NoOpSlice().rule(),
             _NoOpPad().rule(),
             _InferenceDropout().rule(),
             *(_single_input(t) for t in ("Concat", "Sum", "Max", "Min", "Mean")),
