@@ -128,7 +128,7 @@ def test_numeric_mismatch_raises_and_writes_nothing(tmp_path, monkeypatch):
     io.save(build_example_cnn(), source)
     destination = tmp_path / "out.onnx"
     destination.write_bytes(b"previous")
-    monkeypatch.setattr(registry, "passes_for", lambda level, names=None: [_Corrupt()])
+    monkeypatch.setattr(registry, "passes_for", lambda level, names=None, **_: [_Corrupt()])
     monkeypatch.setattr("modelpress.optimize.workflow.passes_for", registry.passes_for)
     with pytest.raises(NumericMismatchError, match="probabilities"):
         optimize_file(source, destination)

@@ -6,7 +6,7 @@ from modelpress.ir import io
 from modelpress.passes.base import ModelpressPass, PassManager
 from modelpress.passes.eliminate_dead_code import EliminateDeadCodePass
 from modelpress.passes.eliminate_no_ops import EliminateNoOpsPass
-from modelpress.passes.registry import DEFAULT_PASSES, PASSES, passes_for
+from modelpress.passes.registry import DEFAULT_PASSES, ORT_PASSES, PASSES, passes_for
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -52,7 +52,7 @@ def test_instruments_run_after_every_changing_pass():
 
 
 def test_registry_names_are_unique_kebab_case_and_levels_are_cumulative():
-    names = [cls.name for cls, _ in DEFAULT_PASSES]
+    names = [cls.name for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES)]
     assert len(names) == len(set(names)) == len(PASSES)
     assert all(n == n.lower() and " " not in n and "_" not in n for n in names)
     basic = {type(p) for p in passes_for("basic")}
@@ -60,6 +60,8 @@ def test_registry_names_are_unique_kebab_case_and_levels_are_cumulative():
     everything = {type(p) for p in passes_for("all")}
     assert basic < extended <= everything
     assert all(issubclass(cls, ir.passes.PassBase) for cls in everything)
+    ort_only = {type(p) for p in passes_for("all", target="onnxruntime")} - everything
+    assert ort_only == {cls for cls, _ in ORT_PASSES}
 
 
 def test_registry_rejects_unknown_names_and_levels():
@@ -67,6 +69,8 @@ def test_registry_rejects_unknown_names_and_levels():
         passes_for("all", ["no-such-pass"])
     with pytest.raises(UsageError, match="choose one of"):
         passes_for("turbo")
+    with pytest.raises(UsageError, match="choose one of"):
+        passes_for("all", target="tflite")
 
 
 def test_explicit_names_run_in_registry_order():

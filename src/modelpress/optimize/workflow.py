@@ -34,6 +34,7 @@ class OptimizeReport:
     """What optimize did: per-pass records, op counts, the numeric check, timings."""
 
     level: str
+    target: str
     records: list[PassRecord]
     ops_before: dict[str, int]
     ops_after: dict[str, int]
@@ -59,6 +60,7 @@ class OptimizeReport:
             "input": self.input_path,
             "output": self.output_path,
             "level": self.level,
+            "target": self.target,
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
             "ops_before": self.ops_before,
@@ -87,6 +89,7 @@ def optimize_model(
     *,
     level: str = "all",
     passes: collections.abc.Sequence[str] | None = None,
+    target: str = "onnx",
     verify: bool = True,
     rtol: float = DEFAULT_RTOL,
     seeds: collections.abc.Sequence[int] = (0,),
@@ -99,6 +102,7 @@ def optimize_model(
         model: The input model; it is not modified.
         level: ``basic``, ``extended`` or ``all`` (see ``passes.registry``).
         passes: Run exactly these pass names instead of a level's list.
+        target: ``onnx`` (portable output) or ``onnxruntime`` (adds contrib-op fusions).
         verify: Compare outputs with the input model on random feeds.
         rtol: Largest accepted relative error (see ``runtime.compare``).
         seeds: Random-feed seeds for the check.
@@ -115,8 +119,8 @@ def optimize_model(
     start = time.perf_counter()
     ops_before = op_histogram(model)
     work = model.clone()
-    records = PassManager(passes_for(level, passes), instruments=instruments)(work)
-    report = OptimizeReport(level, records, ops_before, op_histogram(work), 0.0, rtol=rtol)
+    records = PassManager(passes_for(level, passes, target=target), instruments=instruments)(work)
+    report = OptimizeReport(level, target, records, ops_before, op_histogram(work), 0.0, rtol=rtol)
     if verify:
         report.comparison = compare_models(model, work, seeds=seeds, dim_values=dim_values)
     report.seconds = time.perf_counter() - start

@@ -11,6 +11,10 @@ Levels (cumulative):
 * ``extended``: + fusions and operator replacement (changes arithmetic within fp32 rounding);
 * ``all``: + operator reordering (Slice ahead of element-wise ops, constant re-association).
 
+Targets: ``onnx`` (default) keeps the output portable, standard-domain ONNX;
+``onnxruntime`` adds the rewrites of ``passes/ort/`` into onnxruntime contrib ops
+(``com.microsoft``), which stock onnxruntime runs but other runtimes do not.
+
 No pass registers itself on import: adding a pass means adding it here.
 """
 
@@ -28,9 +32,10 @@ from modelpress.passes.fold_constants import FoldConstantsPass
 from modelpress.passes.fuse_batchnorm import FuseBatchNormPass
 from modelpress.passes.fuse_matmul_add import FuseMatMulAddPass
 from modelpress.passes.merge_transposes_reshapes import MergeTransposesReshapesPass
+from modelpress.passes.ort.fuse_conv_activation import FuseConvActivationPass
 from modelpress.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 
-__all__ = ["DEFAULT_PASSES", "LEVELS", "PASSES", "passes_for"]
+__all__ = ["DEFAULT_PASSES", "LEVELS", "ORT_PASSES", "PASSES", "TARGETS", "passes_for"]
 
 # (pass class, lowest level that runs it), in execution order.
 DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
@@ -44,27 +49,42 @@ DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
     (FuseMatMulAddPass, "extended"),
 )
 
-LEVELS: tuple[str, ...] = ("basic", "extended", "all")
+# onnxruntime-only rewrites, run after the portable list when target == "onnxruntime".
+ORT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
+    (FuseConvActivationPass, "extended"),
+)
 
-PASSES: dict[str, type[ir.passes.PassBase]] = {cls.name: cls for cls, _ in DEFAULT_PASSES}  # type: ignore[attr-defined]
+LEVELS: tuple[str, ...] = ("basic", "extended", "all")
+TARGETS: tuple[str, ...] = ("onnx", "onnxruntime")
+
+PASSES: dict[str, type[ir.passes.PassBase]] = {
+    cls.name: cls for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES)  # type: ignore[attr-defined]
+}
 
 
 def passes_for(
-    level: str = "all", names: collections.abc.Sequence[str] | None = None
+    level: str = "all",
+    names: collections.abc.Sequence[str] | None = None,
+    *,
+    target: str = "onnx",
 ) -> list[ir.passes.PassBase]:
-    """Instantiate the passes of ``level`` (or exactly ``names``, in registry order).
+    """Instantiate the passes of ``level`` for ``target`` (or exactly ``names``, in registry order).
 
     Raises:
-        UsageError: unknown level or pass name; the message lists the valid ones.
+        UsageError: unknown level, target or pass name; the message lists the valid ones.
     """
     if level not in LEVELS:
         raise UsageError(f"unknown level '{level}'; choose one of: {', '.join(LEVELS)}")
+    if target not in TARGETS:
+        raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    ordered = (*DEFAULT_PASSES, *ORT_PASSES)
     if names:
         unknown = [n for n in names if n not in PASSES]
         if unknown:
             raise UsageError(
                 f"unknown pass(es) {', '.join(unknown)}; known passes: {', '.join(PASSES)}"
             )
-        return [cls() for cls, _ in DEFAULT_PASSES if cls.name in names]  # type: ignore[attr-defined]
+        return [cls() for cls, _ in ordered if cls.name in names]  # type: ignore[attr-defined]
     rank = LEVELS.index(level)
-    return [cls() for cls, lvl in DEFAULT_PASSES if LEVELS.index(lvl) <= rank]
+    chosen = DEFAULT_PASSES + (ORT_PASSES if target == "onnxruntime" else ())
+    return [cls() for cls, lvl in chosen if LEVELS.index(lvl) <= rank]
