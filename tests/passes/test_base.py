@@ -6,7 +6,7 @@ from modelpress.ir import io
 from modelpress.passes.base import ModelpressPass, PassManager
 from modelpress.passes.eliminate_dead_code import EliminateDeadCodePass
 from modelpress.passes.eliminate_no_ops import EliminateNoOpsPass
-from modelpress.passes.registry import DEFAULT_PASSES, ORT_PASSES, PASSES, passes_for
+from modelpress.passes.registry import DEFAULT_PASSES, ORT_PASSES, PASSES, TAIL_PASSES, passes_for
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -52,7 +52,7 @@ def test_instruments_run_after_every_changing_pass():
 
 
 def test_registry_names_are_unique_kebab_case_and_levels_are_cumulative():
-    names = [cls.name for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES)]
+    names = [cls.name for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES, *TAIL_PASSES)]
     assert len(names) == len(set(names)) == len(PASSES)
     assert all(n == n.lower() and " " not in n and "_" not in n for n in names)
     basic = {type(p) for p in passes_for("basic")}

@@ -39,10 +39,11 @@ class ModelpressPass(ir.passes.InPlacePass):
 
 
 class RulesPass(ModelpressPass):
-    """Applies ``rules()`` (onnxscript rewrite rules) to the main graph and model functions.
+    """Applies ``rules()`` (onnxscript rewrite rules) to the graph, its subgraphs and functions.
 
-    Subgraph bodies (If/Loop/Scan) are left untouched by rule passes: onnxscript's rule
-    engine only walks the main graph and functions, and a partial walk would be worse.
+    onnxscript's engine also rewrites inside If/Loop/Scan bodies; the unused-node cleanup
+    afterwards runs on the main graph, so a subgraph may keep an orphaned initializer
+    (the model stays valid).
     """
 
     max_rounds: ClassVar[int] = 8

@@ -28,14 +28,16 @@ from modelpress.errors import UsageError
 from modelpress.passes.eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from modelpress.passes.eliminate_dead_code import EliminateDeadCodePass
 from modelpress.passes.eliminate_no_ops import EliminateNoOpsPass
+from modelpress.passes.fold_constant_chains import FoldConstantChainsPass
 from modelpress.passes.fold_constants import FoldConstantsPass
 from modelpress.passes.fuse_batchnorm import FuseBatchNormPass
 from modelpress.passes.fuse_matmul_add import FuseMatMulAddPass
 from modelpress.passes.merge_transposes_reshapes import MergeTransposesReshapesPass
 from modelpress.passes.ort.fuse_conv_activation import FuseConvActivationPass
 from modelpress.passes.remove_initializer_inputs import RemoveInitializerInputsPass
+from modelpress.passes.reorder_slices import MoveSlicesUpPass
 
-__all__ = ["DEFAULT_PASSES", "LEVELS", "ORT_PASSES", "PASSES", "TARGETS", "passes_for"]
+__all__ = ["DEFAULT_PASSES", "LEVELS", "ORT_PASSES", "PASSES", "TAIL_PASSES", "TARGETS", "passes_for"]
 
 # (pass class, lowest level that runs it), in execution order.
 DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
@@ -45,6 +47,7 @@ DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
     (EliminateDeadCodePass, "basic"),
     (EliminateCommonSubexpressionsPass, "basic"),
     (MergeTransposesReshapesPass, "basic"),
+    (FoldConstantChainsPass, "all"),
     (FuseBatchNormPass, "extended"),
     (FuseMatMulAddPass, "extended"),
 )
@@ -54,11 +57,17 @@ ORT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
     (FuseConvActivationPass, "extended"),
 )
 
+# Run last, after every fusion: a Slice moved between a Conv and its activation would
+# otherwise block Conv+activation fusions.
+TAIL_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
+    (MoveSlicesUpPass, "all"),
+)
+
 LEVELS: tuple[str, ...] = ("basic", "extended", "all")
 TARGETS: tuple[str, ...] = ("onnx", "onnxruntime")
 
 PASSES: dict[str, type[ir.passes.PassBase]] = {
-    cls.name: cls for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES)  # type: ignore[attr-defined]
+    cls.name: cls for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES, *TAIL_PASSES)  # type: ignore[attr-defined]
 }
 
 
@@ -77,7 +86,7 @@ def passes_for(
         raise UsageError(f"unknown level '{level}'; choose one of: {', '.join(LEVELS)}")
     if target not in TARGETS:
         raise UsageError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
-    ordered = (*DEFAULT_PASSES, *ORT_PASSES)
+    ordered = (*DEFAULT_PASSES, *ORT_PASSES, *TAIL_PASSES)
     if names:
         unknown = [n for n in names if n not in PASSES]
         if unknown:
@@ -86,5 +95,5 @@ def passes_for(
             )
         return [cls() for cls, _ in ordered if cls.name in names]  # type: ignore[attr-defined]
     rank = LEVELS.index(level)
-    chosen = DEFAULT_PASSES + (ORT_PASSES if target == "onnxruntime" else ())
+    chosen = DEFAULT_PASSES + (ORT_PASSES if target == "onnxruntime" else ()) + TAIL_PASSES
     return [cls() for cls, lvl in chosen if LEVELS.index(lvl) <= rank]

@@ -30,6 +30,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
 from onnxscript.rewriter import _basics as basics
 
+from modelpress.passes._rewriting import unique_names
 from modelpress.passes.base import RulesPass
 from modelpress.passes.rules import const_array, static_shape
 
@@ -138,7 +139,8 @@ class _ConvAddActivation(RewriteRuleClassBase):
         inputs = list(conv.inputs)
         if len(inputs) < 3 or inputs[2] is None:
             channels = conv.inputs[1].shape[0]  # type: ignore[index, union-attr]
-            name = (conv.inputs[1].name or "conv") + "_zero_bias"
+            # onnxscript silently replaces an initializer of the same name: take a fresh one.
+            (name,) = unique_names(conv.graph, [(conv.inputs[1].name or "conv") + "_zero_bias"])
             inputs = [inputs[0], inputs[1], op.initializer(ir.tensor(np.zeros(channels, np.float32)), name=name)]
         return op.FusedConv(
             *inputs[:3], z,

@@ -1,0 +1,83 @@
+"""Helpers for rewrite rules that add initializers or derive shapes: fresh names, broadcasting.
+
+onnxscript's rule engine registers the initializers a rewrite creates under the names the rule
+gives them, and silently replaces an existing initializer of the same name. Rules therefore
+ask ``unique_names`` for names no value of the graph (subgraphs included) carries yet.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+
+import onnx_ir as ir
+
+__all__ = ["broadcast_shape", "unique_names"]
+
+Dim = int | ir.SymbolicDim
+
+
+def unique_names(graph: ir.Graph | None, bases: collections.abc.Sequence[str]) -> list[str]:
+    """One fresh value name per base (``base``, else ``base_1``, ``base_2`` ...).
+
+    The names differ from each other and from every input, initializer and node output of
+    ``graph`` and of the subgraphs inside it.
+    """
+    taken: set[str] = set()
+    if graph is not None:
+        taken.update(v.name for v in graph.inputs if v.name)
+        taken.update(graph.initializers)
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            taken.update(out.name for out in node.outputs if out.name)
+            for attr in node.attributes.values():
+                for sub in _subgraphs(attr):
+                    taken.update(v.name for v in sub.inputs if v.name)
+                    taken.update(sub.initializers)
+    names = []
+    for base in bases:
+        name, count = base, 0
+        while name in taken:
+            count += 1
+            name = f"{base}_{count}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _subgraphs(attr: ir.Attr) -> list[ir.Graph]:
+    if attr.type == ir.AttributeType.GRAPH:
+        return [attr.as_graph()]
+    if attr.type == ir.AttributeType.GRAPHS:
+        return list(attr.as_graphs())
+    return []
+
+
+def broadcast_shape(
+    shapes: collections.abc.Sequence[collections.abc.Sequence[Dim] | None],
+) -> ir.Shape | None:
+    """The numpy-style (right-aligned) broadcast of ``shapes``, or None when it is not known.
+
+    A static dim other than 1 wins over 1 and over symbolic dims (a valid model can only
+    broadcast a symbolic dim against it when the symbolic dim is 1 or equal). The result is
+    None when a shape is unknown, two static dims conflict, or two different symbolic dims
+    meet with no static dim to settle the axis.
+    """
+    if any(shape is None for shape in shapes):
+        return None
+    rank = max((len(shape) for shape in shapes), default=0)  # type: ignore[arg-type]
+    dims: list[Dim] = []
+    for axis in range(rank):
+        column = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]  # type: ignore[union-attr,arg-type]
+        static = {d for d in column if isinstance(d, int) and d != 1}
+        # Unnamed symbolic dims compare equal in onnx_ir yet may differ: key them by identity.
+        symbolic = {(d.value or id(d)): d for d in column if not isinstance(d, int)}
+        if len(static) > 1:
+            return None
+        if static:
+            dims.append(static.pop())
+        elif len(symbolic) == 1:
+            dims.append(next(iter(symbolic.values())))
+        elif symbolic:
+            return None
+        else:
+            dims.append(1)
+    return ir.Shape(dims)
