@@ -1,0 +1,1 @@
+"""modelpress: take a trained neural network to deployment (optimize, verify, run ONNX)."""

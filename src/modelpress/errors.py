@@ -28,7 +28,7 @@ class ModelpressError(Exception):
 
 
 class UsageError(ModelpressError):
-    """An option or argument is wrong (unknown pass name, bad level, missing file)."""
+    """An option or argument is wrong (unknown pass name, bad level, malformed option, missing feed)."""
 
     exit_code = 2
 

@@ -1,20 +1,23 @@
 """``modelpress`` command line (typer + rich).
 
 Only this module prints or exits. Library errors (``ModelpressError``) become a one-line red
-message and the error class's exit code; anything else is a bug and keeps its traceback.
+message on stderr and the error class's exit code (2 usage, 3 unreadable model, 4/5 pass
+failures, 6 numeric mismatch, 7 protection); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column, Table
 
 from modelpress.errors import ModelpressError, UsageError
 
@@ -30,7 +33,9 @@ err_console = Console(stderr=True)
 
 
 def _fail(error: ModelpressError) -> typer.Exit:
-    err_console.print(f"[bold red]error[/] ({type(error).__name__}): {error}", highlight=False)
+    err_console.print(
+        f"[bold red]error[/] ({type(error).__name__}): {escape(str(error))}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(error.exit_code)
 
 
@@ -45,24 +50,35 @@ def info(
 
     try:
         stats = model_stats(io.load(model))
+        file_bytes = model.stat().st_size
     except ModelpressError as e:
         raise _fail(e) from e
+    except OSError as e:  # the file vanished between loading and stat
+        raise _fail(UsageError(f"{model}: cannot read the file: {e}")) from e
     if as_json:
-        print(json.dumps({"file": str(model), "file_bytes": model.stat().st_size, **stats.to_json()}, indent=2))
+        print(json.dumps({"file": str(model), "file_bytes": file_bytes, **stats.to_json()}, indent=2))
         return
-    console.print(f"[bold]{model}[/]  IR v{stats.ir_version}  opsets {stats.opsets}  producer '{stats.producer}'")
     console.print(
-        f"{stats.nodes} nodes, {stats.parameters:,} parameters, {stats.weight_bytes / 2**20:.2f} MiB of weights, "
-        f"file {model.stat().st_size / 2**20:.2f} MiB, {stats.functions} functions"
+        f"[bold]{escape(str(model))}[/]  IR v{stats.ir_version}  opsets {escape(str(stats.opsets))}  "
+        f"producer '{escape(stats.producer)}'",
+        highlight=False,
+    )
+    console.print(
+        f"{stats.nodes} nodes, {stats.parameters:,} parameters, "
+        f"{stats.weight_bytes / 2**20:.2f} MiB of weights "
+        f"({stats.external_weight_bytes / 2**20:.2f} MiB external), "
+        f"file {file_bytes / 2**20:.2f} MiB, {stats.functions} functions",
+        highlight=False,
     )
     io_table = Table("", "name", "dtype", "shape", title="interface")
     for kind, values in (("input", stats.inputs), ("output", stats.outputs)):
-        for name, dtype, dims in values:
-            io_table.add_row(kind, name, dtype, str(dims))
+        for value in values:
+            shape = "?" if value.shape is None else escape(str(value.shape))
+            io_table.add_row(kind, escape(value.name), escape(value.dtype), shape)
     console.print(io_table)
     ops = Table("op", "count", title="op histogram")
     for op, count in stats.ops.items():
-        ops.add_row(op, str(count))
+        ops.add_row(escape(op), str(count))
     console.print(ops)
 
 
@@ -70,21 +86,33 @@ def _parse_dims(specs: list[str]) -> dict[str, int]:
     dims = {}
     for spec in specs:
         name, _, size = spec.partition("=")
-        if not size.isdigit():
-            raise UsageError(f"--dim '{spec}' must look like NAME=SIZE, e.g. batch=8")
+        if not name or not size.isdigit():
+            raise UsageError(f"--dim '{spec}' must look like NAME=SIZE, e.g. batch=8 (or *=8 for all)")
         dims[name] = int(size)
     return dims
+
+
+_LEVEL_HELP = "basic: folding and cleanups; extended: + fusions; all: + reordering."
+_PASSES_HELP = "Comma-separated pass names to run instead of a level (see `modelpress passes`)."
+_DIM_HELP = "Size of a dynamic dim for the check, NAME=SIZE (repeatable; '*=N' for all)."
 
 
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="Input ONNX model (never modified).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the optimized model.")],
-    level: Annotated[str, typer.Option(help="basic: folding and cleanups; extended: + fusions and BN->Scale; all: + reordering.")] = "all",
-    passes: Annotated[str | None, typer.Option(help="Comma-separated pass names to run instead of a level (see `modelpress passes`).")] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check outputs against the input model on onnxruntime.")] = True,
-    rtol: Annotated[float, typer.Option(help="Largest accepted relative error of the check.")] = 1e-4,
-    dim: Annotated[list[str] | None, typer.Option(help="Size of a dynamic dim for the check, NAME=SIZE (repeatable; '*=N' for all).")] = None,
+    level: Annotated[str, typer.Option(help=_LEVEL_HELP)] = "all",
+    passes: Annotated[str | None, typer.Option(help=_PASSES_HELP)] = None,
+    target: Annotated[
+        str, typer.Option(help="onnx: portable output; onnxruntime: + onnxruntime contrib-op fusions.")
+    ] = "onnx",
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Check outputs against the input on onnxruntime.")
+    ] = True,
+    rtol: Annotated[
+        float, typer.Option(min=0.0, help="Largest accepted relative error of the check.")
+    ] = 1e-4,
+    dim: Annotated[list[str] | None, typer.Option(help=_DIM_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Optimize a model: fold constants, remove no-ops, fuse, replace and reorder operators.
@@ -94,12 +122,25 @@ def optimize(
     nothing is written.
     """
     from modelpress.optimize import optimize_file
+    from modelpress.passes.registry import passes_for
 
     try:
-        names = [p.strip() for p in passes.split(",") if p.strip()] if passes else None
-        with console.status(f"optimizing {model.name} ...", spinner="dots") if not as_json else _null():
+        names = [p.strip() for p in passes.split(",") if p.strip()] if passes is not None else None
+        if passes is not None and not names:
+            raise UsageError("--passes is empty; give comma-separated pass names (see `modelpress passes`)")
+        passes_for(level, names, target=target)  # reject bad options before reading the model
+        dim_values = _parse_dims(dim or [])
+        status = console.status(f"optimizing {model.name} ...") if not as_json else contextlib.nullcontext()
+        with status:
             report = optimize_file(
-                model, output, level=level, passes=names, verify=verify, rtol=rtol, dim_values=_parse_dims(dim or [])
+                model,
+                output,
+                level=level,
+                passes=names,
+                target=target,
+                verify=verify,
+                rtol=rtol,
+                dim_values=dim_values,
             )
     except ModelpressError as e:
         raise _fail(e) from e
@@ -109,12 +150,21 @@ def optimize(
     _print_optimize_report(report)
 
 
-def _print_optimize_report(report) -> None:
-    table = Table("pass", "changed", "runs", "nodes Δ", "op changes", "time (s)", title=f"optimize --level {report.level}")
+def _print_optimize_report(report: Any) -> None:
+    table = Table(title=f"optimize --level {report.level}")
+    table.add_column("pass", no_wrap=True)
+    for column in ("changed", "runs", "nodes Δ", "op changes", "time (s)"):
+        table.add_column(column)
     for record in report.records:
         changes = ", ".join(f"{op} {d:+d}" for op, d in record.op_delta.items())
-        table.add_row(record.name, "yes" if record.changed else "-", str(record.runs),
-                      f"{record.nodes_delta:+d}" if record.nodes_delta else "0", changes, f"{record.seconds:.3f}")
+        table.add_row(
+            escape(record.name),
+            "yes" if record.changed else "-",
+            str(record.runs),
+            f"{record.nodes_delta:+d}" if record.nodes_delta else "0",
+            escape(changes),
+            f"{record.seconds:.3f}",
+        )
     console.print(table)
     console.print(f"nodes: {report.nodes_before} -> {report.nodes_after}   total {report.seconds:.2f} s")
     if report.comparison is not None:
@@ -124,47 +174,56 @@ def _print_optimize_report(report) -> None:
         )
     else:
         console.print("[yellow]not verified (--no-verify)[/]")
-    console.print(f"written: {report.output_path}")
+    console.print(f"written: {escape(str(report.output_path))}", highlight=False)
 
 
 @app.command("passes")
 def list_passes() -> None:
-    """List the optimization passes in the order they run, with their level."""
-    from modelpress.passes.registry import DEFAULT_PASSES
+    """List the optimization passes in registry order, with their level and target."""
+    from modelpress.passes import registry
 
-    table = Table("pass", "level", "what it does")
-    for cls, level in DEFAULT_PASSES:
-        table.add_row(cls.name, level, cls.summary)  # type: ignore[attr-defined]
+    # The registry keeps its passes in groups named *_PASSES of (class, level); PASSES is the
+    # name -> class map in registry order.
+    levels = {
+        cls: level
+        for group_name, group in vars(registry).items()
+        if group_name.endswith("_PASSES")
+        for cls, level in group
+    }
+    ort_only = {cls for cls, _ in registry.ORT_PASSES}
+    table = Table(
+        Column("pass", no_wrap=True),
+        Column("level", no_wrap=True),
+        Column("target", no_wrap=True),
+        "what it does",
+    )
+    for name, cls in registry.PASSES.items():
+        target = "onnxruntime" if cls in ort_only else "any"
+        table.add_row(name, levels.get(cls, "-"), target, getattr(cls, "summary", ""))
     console.print(table)
 
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Folder for the example model and its optimized copy.")] = Path("build/demo"),
+    workdir: Annotated[
+        Path, typer.Option(help="Folder for the example model and its optimized copy.")
+    ] = Path("build/demo"),
 ) -> None:
     """Build the bundled example model, optimize it, and print the report (no network needed)."""
     from modelpress.examples import build_example_cnn
     from modelpress.ir import io
     from modelpress.optimize import optimize_file
 
+    source = workdir / "example_cnn.onnx"
+    destination = workdir / "example_cnn.opt.onnx"
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        source = workdir / "example_cnn.onnx"
-        console.print(f"[bold]1.[/] building the example CNN (Conv+BatchNorm blocks, a standalone BN, a crop) -> {source}")
+        console.print(f"[bold]1.[/] building the example CNN (Conv+BatchNorm blocks, a crop) -> {source}")
         io.save(build_example_cnn(), source)
-        console.print(f"[bold]2.[/] modelpress optimize {source} -o {workdir / 'example_cnn.opt.onnx'}")
-        report = optimize_file(source, workdir / "example_cnn.opt.onnx")
+        console.print(f"[bold]2.[/] modelpress optimize {source} -o {destination}")
+        report = optimize_file(source, destination)
     except ModelpressError as e:
         raise _fail(e) from e
     _print_optimize_report(report)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main() -> None:

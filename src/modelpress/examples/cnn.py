@@ -10,8 +10,12 @@ from modelpress.ir.build import GraphBuilder
 __all__ = ["build_example_cnn"]
 
 
-def _conv_bn_relu(b: GraphBuilder, rng: np.random.Generator, x: ir.Value, c_in: int, c_out: int, name: str) -> ir.Value:
-    w = b.const(rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32) * (2 / (9 * c_in)) ** 0.5, f"{name}.w")
+def _conv_bn_relu(
+    b: GraphBuilder, rng: np.random.Generator, x: ir.Value, c_in: int, c_out: int, name: str
+) -> ir.Value:
+    w = b.const(
+        rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32) * (2 / (9 * c_in)) ** 0.5, f"{name}.w"
+    )
     y = b.op("Conv", x, w, pads=[1, 1, 1, 1])
     y = _batchnorm(b, rng, y, c_out, f"{name}.bn")
     return b.op("Relu", y)  # type: ignore[return-value]
@@ -46,8 +50,13 @@ def build_example_cnn(seed: int = 0) -> ir.Model:
     h = b.op("Add", h, r)
     h = _batchnorm(b, rng, h, 16, "block1.post_bn")  # standalone BN: no Conv right before it
     h = b.op("Relu", h)
-    h = b.op("Slice", h, b.const(np.array([2, 2], np.int64)), b.const(np.array([30, 30], np.int64)),
-             b.const(np.array([2, 3], np.int64)))  # center crop 28x28, after the activation
+    h = b.op(
+        "Slice",
+        h,
+        b.const(np.array([2, 2], np.int64)),
+        b.const(np.array([30, 30], np.int64)),
+        b.const(np.array([2, 3], np.int64)),
+    )  # center crop 28x28, after the activation
     h = _conv_bn_relu(b, rng, h, 16, 32, "block2")
     h = b.op("GlobalAveragePool", h)
     shape = b.op("Shape", h)
@@ -56,7 +65,9 @@ def build_example_cnn(seed: int = 0) -> ir.Model:
     h = b.op("Reshape", h, flat_shape)
     h = b.op("Dropout", h)
     w = b.const(rng.standard_normal((32, 10)).astype(np.float32) * 0.2, "head.w")
-    logits = b.op("Add", b.op("MatMul", h, w), b.const(rng.standard_normal(10).astype(np.float32) * 0.1, "head.b"))
+    logits = b.op(
+        "Add", b.op("MatMul", h, w), b.const(rng.standard_normal(10).astype(np.float32) * 0.1, "head.b")
+    )
     probs = b.op("Softmax", logits, axis=-1)
     probs.name = "probabilities"
     return b.build([probs])

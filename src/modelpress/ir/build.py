@@ -41,19 +41,28 @@ class GraphBuilder:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def input(self, name: str, dtype: ir.DataType, shape: collections.abc.Sequence[int | str | None]) -> ir.Value:
+    def input(
+        self, name: str, dtype: ir.DataType, shape: collections.abc.Sequence[int | str | None]
+    ) -> ir.Value:
         """Declare a graph input (string dims are symbolic)."""
         value = ir.val(name, dtype, ir.Shape(list(shape)))
         self.inputs.append(value)
         return value
 
-    def const(self, array: np.ndarray | float | int | collections.abc.Sequence, name: str | None = None) -> ir.Value:
+    def const(
+        self, array: np.ndarray | float | int | collections.abc.Sequence, name: str | None = None
+    ) -> ir.Value:
         """Add an initializer holding ``array`` (python scalars become float32/int64 arrays)."""
         arr = np.asarray(array)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         name = name or self._name("const")
-        value = ir.Value(name=name, const_value=ir.tensor(arr, name=name), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)), shape=ir.Shape(arr.shape))
+        value = ir.Value(
+            name=name,
+            const_value=ir.tensor(arr, name=name),
+            type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+            shape=ir.Shape(arr.shape),
+        )
         self.initializers.append(value)
         return value
 
@@ -79,7 +88,9 @@ class GraphBuilder:
         self.nodes.append(node)
         return node.outputs[0] if outputs == 1 else tuple(node.outputs)
 
-    def build(self, outputs: collections.abc.Sequence[ir.Value], *, opsets: dict[str, int] | None = None) -> ir.Model:
+    def build(
+        self, outputs: collections.abc.Sequence[ir.Value], *, opsets: dict[str, int] | None = None
+    ) -> ir.Model:
         """Create the model whose graph outputs are ``outputs``."""
         graph = ir.Graph(
             self.inputs,

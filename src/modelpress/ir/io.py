@@ -15,16 +15,19 @@ model's weights would push the protobuf past its 2 GB limit, or when the caller 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from modelpress.errors import ModelLoadError, ModelSaveError
 
@@ -35,21 +38,25 @@ __all__ = [
     "from_text",
     "load",
     "save",
+    "tensor_nbytes",
     "to_bytes",
 ]
 
-# Protobuf refuses to serialize messages of 2 GiB or more.
+# Protobuf refuses to serialize or parse messages of 2 GiB or more.
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 # Above this, `save` moves weights to external data by default (room left for the graph).
 _AUTO_EXTERNAL_BYTES = int(1.8 * 2**30)
 # A single tensor larger than this is treated as hostile: no real model has a 256 GiB weight.
 MAX_TENSOR_BYTES = 2**38
-# ONNX `TensorProto.DataType` -> item size in bytes, for the dtypes whose size is fixed.
-_ITEMSIZE = {
-    dt.value: dt.itemsize
-    for dt in ir.DataType
-    if dt not in (ir.DataType.UNDEFINED, ir.DataType.STRING) and dt.itemsize >= 1
-}
+# ONNX `TensorProto.DataType` value -> bits per element (STRING has no fixed size).
+_BITS = {dt.value: dt.bitwidth for dt in ir.DataType if dt not in (ir.DataType.UNDEFINED, ir.DataType.STRING)}
+# Name of the empty stand-in data file the checker sees for external tensors (see check_model).
+_PLACEHOLDER = "placeholder.data"
+# When a model with inline weights is too large for one protobuf, tensors over this size are
+# hidden from the checker behind the placeholder.
+_CHECK_INLINE_BYTES = 2**20
+
+_LoadError = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
 
 def load(source: str | os.PathLike | bytes, *, base_dir: str | os.PathLike | None = None) -> ir.Model:
@@ -76,69 +83,95 @@ def load(source: str | os.PathLike | bytes, *, base_dir: str | os.PathLike | Non
         path = Path(source)
         where = str(path)
         proto = _parse_file(path)
-        folder = Path(base_dir) if base_dir is not None else path.resolve().parent
+        # The folder as the user names it (like onnxruntime), not a symlinked file's target.
+        folder = Path(base_dir) if base_dir is not None else path.absolute().parent
+    if folder is not None and not folder.is_dir():
+        raise ModelLoadError(
+            f"{where}: base_dir '{folder}' is not a folder; pass the folder holding the model's external data"
+        )
     _check_structure(proto, where)
-    _check_tensors(proto, where, folder)
-    check_model(proto, where=where, base_dir=folder)
+    _check_strings(proto, where)
+    for tensor in _proto_tensors(proto):
+        _check_tensor(tensor, where, folder)
+    check_model(proto, where=where)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises plain exceptions on malformed graphs
-        raise ModelLoadError(f"{where}: cannot build the graph: {e}") from e
+        raise ModelLoadError(
+            f"{where}: cannot build the graph: {e}; the file is corrupt or uses a construct onnx_ir "
+            "does not support"
+        ) from e
     if folder is not None:
-        ir.external_data.set_base_dir(model.graph, folder)
+        for tensor in _ir_tensors(model):
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.base_dir = str(folder.absolute())
     return model
 
 
 def from_text(text: str) -> ir.Model:
-    """Parse a model written in ONNX textual syntax (used by tests and examples)."""
+    """Parse a model written in ONNX textual syntax (used by tests and examples).
+
+    Raises:
+        ModelLoadError: the text does not parse.
+    """
     try:
         proto = onnx.parser.parse_model(text)
     except onnx.parser.ParseError as e:
-        raise ModelLoadError(f"<text>: not valid ONNX text: {e}") from e
+        raise ModelLoadError(f"<text>: not valid ONNX text: {e}; fix the syntax") from e
     return ir.serde.deserialize_model(proto)
 
 
-def check_model(
-    model: ir.Model | onnx.ModelProto,
-    *,
-    where: str = "<model>",
-    full: bool = False,
-    base_dir: Path | None = None,
-) -> None:
+def check_model(model: ir.Model | onnx.ModelProto, *, where: str = "<model>", full: bool = False) -> None:
     """Run ``onnx.checker`` (``full`` adds strict shape inference) and raise a named error.
 
-    Models whose serialized form would pass the protobuf limit are checked through a
-    temporary file, the only way the checker accepts them.
+    The checker resolves external-data locations against the current directory when it is
+    given a message, so models with external tensors (and models too large for one protobuf)
+    are checked through a temporary file whose external tensors all point at one empty
+    stand-in file. The data files themselves are validated by ``load``, not here.
+
+    Args:
+        model: The model; it is not modified.
+        where: What to call the model in messages (usually its path).
+        full: Also run strict shape inference.
 
     Raises:
-        ModelLoadError: the checker rejected the model; its message is included.
+        ModelLoadError: the checker rejected the model; its first message line is included.
     """
-    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    owned = isinstance(model, ir.Model)
+    proto = ir.to_proto(model) if owned else model
     try:
-        if proto.ByteSize() < PROTOBUF_LIMIT_BYTES:
+        has_external = any(_is_external(t) for t in _proto_tensors(proto))
+        if not has_external and proto.ByteSize() < PROTOBUF_LIMIT_BYTES:
             onnx.checker.check_model(proto, full_check=full)
-        else:  # pragma: no cover - exercised by the >2 GB benchmark only
-            with tempfile.TemporaryDirectory() as tmp:
-                onnx.save_model(proto, os.path.join(tmp, "m.onnx"), save_as_external_data=True)
-                onnx.checker.check_model(os.path.join(tmp, "m.onnx"), full_check=full)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{where}: not a valid ONNX model: {first_line}") from e
-    del base_dir  # external files are validated by _check_tensors; the checker sees locations only
+        else:
+            if not owned:
+                proto = _copy(proto)
+            _check_through_file(proto, full=full)
+    except (*_LoadError, RuntimeError, ValueError) as e:
+        text = str(e).strip()
+        first_line = text.splitlines()[0] if text else type(e).__name__
+        raise ModelLoadError(
+            f"{where}: not a valid ONNX model: {first_line}; "
+            "re-export the model or fix the reported node or tensor"
+        ) from e
 
 
 def to_bytes(model: ir.Model) -> bytes:
-    """Serialize a model (weights inline) to bytes, e.g. to hand to onnxruntime in memory.
+    """Serialize a model with every weight inline, e.g. to hand to onnxruntime in memory.
+
+    External tensors are read from disk and embedded: the bytes stand alone.
 
     Raises:
         ModelSaveError: the model is too large for one protobuf; save it to a path instead.
     """
-    proto = ir.to_proto(model)
+    with _external_inlined(model):
+        proto = ir.to_proto(model)
     size = proto.ByteSize()
     if size >= PROTOBUF_LIMIT_BYTES:
         raise ModelSaveError(
-            f"model is {size / 2**30:.2f} GiB, over protobuf's 2 GiB limit for in-memory bytes; "
-            "save it with modelpress.ir.io.save(..., external_data=True) and load it by path"
+            f"<bytes>: model is {size / 2**30:.2f} GiB, over protobuf's 2 GiB limit for "
+            "in-memory bytes; save it with modelpress.ir.io.save(..., external_data=True) "
+            "and load it by path"
         )
     return proto.SerializeToString()
 
@@ -156,16 +189,18 @@ def save(
         model: The model to write; it is not modified.
         path: Destination ``.onnx`` path. Its external data, if any, goes next to it as
             ``<name>.data``.
-        external_data: ``True`` moves every tensor over ``size_threshold_bytes`` to the data
-            file, ``False`` keeps all weights inline, ``None`` (default) decides by size:
-            external only when the weights exceed 1.8 GiB.
-        size_threshold_bytes: Smallest tensor moved to external data.
+        external_data: ``True`` moves every initializer over ``size_threshold_bytes`` to
+            the data file, ``False`` keeps all weights inline (reading external tensors from
+            disk), ``None`` (default) decides by size: external only when the weights exceed
+            1.8 GiB, which protobuf's 2 GiB limit could not hold.
+        size_threshold_bytes: Initializers of more bytes than this go to external data.
 
     Returns:
         The destination path.
 
     Raises:
-        ModelSaveError: writing failed; any previous file at ``path`` is left untouched.
+        ModelSaveError: writing failed; any previous file at ``path`` (and its data file)
+            is left untouched.
     """
     dest = Path(path)
     if external_data is None:
@@ -173,77 +208,237 @@ def save(
     data_name = dest.name + ".data"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
-            tmp_model = Path(tmp) / dest.name
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp") as tmp:
+            staged = Path(tmp) / dest.name
             if external_data:
-                # Existing external tensors may live in the file we are about to replace:
-                # onnx_ir reads them before writing, and we write into the temp dir anyway.
-                ir.save(model, tmp_model, external_data=data_name,
-                        size_threshold_bytes=size_threshold_bytes)
-                if (Path(tmp) / data_name).exists():
-                    os.replace(Path(tmp) / data_name, dest.parent / data_name)
-            else:
-                proto = ir.to_proto(model)
-                _materialize_external(proto, model)
-                if proto.ByteSize() >= PROTOBUF_LIMIT_BYTES:
-                    raise ModelSaveError(
-                        f"{dest}: the model is over protobuf's 2 GiB limit with weights inline; "
-                        "save with external_data=True"
+                # onnx_ir reads the existing external tensors (wherever they live) and writes
+                # the new data file inside the temporary folder. The format is explicit: onnx
+                # would otherwise pick JSON or text from a destination named *.json or *.txt.
+                with _external_inlined(model, initializers=False):
+                    ir.save(
+                        model,
+                        staged,
+                        format="protobuf",
+                        external_data=data_name,
+                        size_threshold_bytes=size_threshold_bytes,
                     )
-                tmp_model.write_bytes(proto.SerializeToString())
-            os.replace(tmp_model, dest)
+            else:
+                staged.write_bytes(_inline_bytes(model, dest))
+            staged_data = Path(tmp) / data_name
+            _commit(model, staged, dest, staged_data if staged_data.exists() else None, Path(tmp))
     except ModelSaveError:
         raise
     except (OSError, ValueError) as e:
-        raise ModelSaveError(f"{dest}: cannot write the model: {e}") from e
+        raise ModelSaveError(
+            f"{dest}: cannot write the model: {e}; check that the folder exists, is writable "
+            "and has free space"
+        ) from e
     return dest
 
 
-def _materialize_external(proto: onnx.ModelProto, model: ir.Model) -> None:
-    """Inline tensors that ``ir.to_proto`` kept as external references."""
-    by_name = {v.name: v.const_value for v in model.graph.initializers.values()}
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            value = by_name[tensor.name]
-            assert value is not None
-            tensor.ClearField("external_data")
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = value.tobytes()
+def _inline_bytes(model: ir.Model, dest: Path) -> bytes:
+    with _external_inlined(model):
+        proto = ir.to_proto(model)
+    if proto.ByteSize() >= PROTOBUF_LIMIT_BYTES:
+        raise ModelSaveError(
+            f"{dest}: the model is over protobuf's 2 GiB limit with weights inline; "
+            "save with external_data=True (or None to decide by size)"
+        )
+    return proto.SerializeToString()
+
+
+def _commit(model: ir.Model, staged: Path, dest: Path, staged_data: Path | None, tmp: Path) -> None:
+    """Move the staged model (and data file) into place; restore the old data file on failure."""
+    final_data = dest.parent / (dest.name + ".data")
+    backup = None
+    if staged_data is not None:
+        _pin_readers(model, final_data)
+        if final_data.exists():
+            backup = tmp / "previous.data"
+            try:
+                os.link(final_data, backup)
+            except OSError:  # no hard links on this file system
+                shutil.copy2(final_data, backup)
+        os.replace(staged_data, final_data)
+    try:
+        os.replace(staged, dest)
+    except BaseException:
+        if staged_data is not None:
+            if backup is not None:
+                os.replace(backup, final_data)
+            else:
+                final_data.unlink(missing_ok=True)
+        raise
+
+
+def _pin_readers(model: ir.Model, data_file: Path) -> None:
+    """Map external tensors that read ``data_file`` before it is replaced.
+
+    A mapped file keeps its old contents after the rename; an unmapped tensor would read the
+    new file at its old offsets.
+    """
+    if not data_file.exists():
+        return
+    for tensor in _ir_tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            with contextlib.suppress(OSError):
+                if os.path.samefile(tensor.path, data_file):
+                    tensor.numpy()
+
+
+@contextlib.contextmanager
+def _external_inlined(model: ir.Model, *, initializers: bool = True) -> Iterator[None]:
+    """Temporarily replace external tensors of ``model`` by in-memory copies.
+
+    Attribute tensors are always replaced (onnx_ir's external-data writer moves initializers
+    only); initializers only when ``initializers`` is true. Everything is restored on exit.
+    """
+    undo: list[Callable[[], None]] = []
+    try:
+        if initializers:
+            for graph in _ir_graphs(model):
+                for value in graph.initializers.values():
+                    tensor = value.const_value
+                    if isinstance(tensor, ir.ExternalTensor):
+                        value.const_value = _in_memory(tensor)
+                        undo.append(lambda v=value, t=tensor: setattr(v, "const_value", t))
+        for node in _ir_nodes(model):
+            for name, attr in list(node.attributes.items()):
+                replacement = _inlined_attr(attr)
+                if replacement is not None:
+                    node.attributes[name] = replacement
+                    undo.append(lambda n=node, k=name, a=attr: n.attributes.__setitem__(k, a))
+        yield
+    finally:
+        for restore in reversed(undo):
+            restore()
+
+
+def _inlined_attr(attr: ir.Attr) -> ir.Attr | None:
+    if attr.is_ref():
+        return None
+    if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+        return ir.AttrTensor(attr.name, _in_memory(attr.value))
+    if attr.type == ir.AttributeType.TENSORS and any(isinstance(t, ir.ExternalTensor) for t in attr.value):
+        tensors = [_in_memory(t) if isinstance(t, ir.ExternalTensor) else t for t in attr.value]
+        return ir.AttrTensors(attr.name, tensors)
+    return None
+
+
+def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:
+    try:
+        array = tensor.numpy()
+    except (OSError, ValueError) as e:
+        raise ModelSaveError(
+            f"{tensor.path}: cannot read external tensor '{tensor.name}': {e}; the data file "
+            "was moved, truncated or deleted since the model was loaded"
+        ) from e
+    return ir.Tensor(array, dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
+
+
+def _ir_graphs(model: ir.Model) -> Iterator[ir.Graph]:
+    yield from model.graphs()
+    for function in model.functions.values():
+        yield from function.subgraphs()
+
+
+def _ir_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    yield from ir.traversal.RecursiveGraphIterator(model.graph)
+    for function in model.functions.values():
+        yield from ir.traversal.RecursiveGraphIterator(function)
+
+
+def _ir_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    """Every tensor of the model: initializers of all graphs and tensor attributes."""
+    for graph in _ir_graphs(model):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+    for node in _ir_nodes(model):
+        for attr in node.attributes.values():
+            if attr.is_ref():
+                continue
+            if attr.type == ir.AttributeType.TENSOR:
+                yield attr.value
+            elif attr.type == ir.AttributeType.TENSORS:
+                yield from attr.value
+
+
+def tensor_nbytes(tensor: ir.TensorProtocol) -> int:
+    """Bytes of a tensor's data, without loading external data; strings count their lengths."""
+    if tensor.dtype == ir.DataType.STRING:
+        return sum(len(item) for item in tensor.numpy().ravel())
+    return tensor.nbytes
 
 
 def _weight_bytes(model: ir.Model) -> int:
-    total = 0
-    for value in model.graph.initializers.values():
-        if value.const_value is not None:
-            total += value.const_value.nbytes
-    return total
+    return sum(tensor_nbytes(tensor) for tensor in _ir_tensors(model))
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
+def _check_through_file(proto: onnx.ModelProto, *, full: bool) -> None:
+    """Check ``proto`` (modified) from a temporary file; its external tensors see one stand-in."""
+    oversized = proto.ByteSize() >= PROTOBUF_LIMIT_BYTES
+    with tempfile.TemporaryDirectory(prefix="modelpress-check-") as tmp:
+        (Path(tmp) / _PLACEHOLDER).write_bytes(b"")
+        for tensor in _proto_tensors(proto):
+            if _is_external(tensor) or (oversized and len(tensor.raw_data) > _CHECK_INLINE_BYTES):
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                tensor.external_data.add(key="location", value=_PLACEHOLDER)
+        model_path = Path(tmp) / "model.onnx"
+        model_path.write_bytes(proto.SerializeToString())
+        onnx.checker.check_model(str(model_path), full_check=full)
 
 
 def _parse_file(path: Path) -> onnx.ModelProto:
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file; check the path")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: not a regular file")
-    size = path.stat().st_size
-    if size == 0:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file; check the path") from None
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read the file ({e.strerror or e}); check the path") from e
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelLoadError(f"{path}: is a folder, not a model file; give the .onnx file inside it")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"{path}: not a regular file; give the path of an .onnx file")
+    if info.st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty (0 bytes); it is not an ONNX model")
-    if size >= PROTOBUF_LIMIT_BYTES:
+    if info.st_size >= PROTOBUF_LIMIT_BYTES:
         raise ModelLoadError(
-            f"{path}: {size / 2**30:.2f} GiB in one protobuf file, over its 2 GiB limit; "
+            f"{path}: {info.st_size / 2**30:.2f} GiB in one protobuf file, over its 2 GiB limit; "
             "ONNX models this large must keep their weights in external data"
         )
-    return _parse_bytes(path.read_bytes(), str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(
+            f"{path}: cannot read the file ({e.strerror or e}); check its permissions"
+        ) from e
+    return _parse_bytes(data, str(path))
 
 
 def _parse_bytes(data: bytes, where: str) -> onnx.ModelProto:
     if not data:
         raise ModelLoadError(f"{where}: no bytes; it is not an ONNX model")
+    if len(data) >= PROTOBUF_LIMIT_BYTES:
+        raise ModelLoadError(
+            f"{where}: {len(data) / 2**30:.2f} GiB of bytes, over protobuf's 2 GiB limit; "
+            "keep the weights in external data and load the model by path"
+        )
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelLoadError(
-            f"{where}: not an ONNX model (protobuf could not decode it: truncated or corrupt file?)"
+            f"{where}: not an ONNX model (protobuf could not decode it); the file is truncated, "
+            "corrupt or of another format"
         ) from e
     return proto
 
@@ -252,52 +447,94 @@ def _check_structure(proto: onnx.ModelProto, where: str) -> None:
     # Random bytes can decode as an empty or garbage protobuf message: require the essentials.
     if not proto.HasField("graph") or proto.ir_version <= 0 or not proto.opset_import:
         raise ModelLoadError(
-            f"{where}: not an ONNX model (no graph, IR version or opset import was found; "
-            "the file may be truncated, corrupt or of another format)"
+            f"{where}: not an ONNX model (no graph, IR version or opset import was found); "
+            "the file is truncated, corrupt or of another format"
         )
 
 
-def _iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+def _check_strings(message: Message, where: str) -> None:
+    """Reject text fields that are not UTF-8: protobuf hands them over as bytes, unchecked."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = value if _is_repeated(field) else [value]
+            if any(isinstance(v, bytes) for v in values):
+                raise ModelLoadError(
+                    f"{where}: field '{field.full_name}' holds bytes that are not UTF-8 text; "
+                    "the file is corrupt"
+                )
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value if _is_repeated(field) else [value]:
+                _check_strings(item, where)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    # `label` is deprecated in recent protobuf releases, `is_repeated` missing in older ones.
+    if hasattr(field, "is_repeated"):
+        return bool(field.is_repeated)
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
+def _proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the message: initializers, sparse parts, attributes, functions."""
+    yield from _graph_tensors(proto.graph)
+    for function in proto.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
-    for node in graph.node:
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+            for sparse in attr.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
             if attr.HasField("g"):
-                yield from _iter_tensors(attr.g)
+                yield from _graph_tensors(attr.g)
             for sub in attr.graphs:
-                yield from _iter_tensors(sub)
+                yield from _graph_tensors(sub)
 
 
-def _check_tensors(proto: onnx.ModelProto, where: str, folder: Path | None) -> None:
-    # Model-local functions carry no initializers, only nodes: the main graph holds them all.
-    for tensor in _iter_tensors(proto.graph):
-        _check_tensor(tensor, where, folder)
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
 def _check_tensor(tensor: onnx.TensorProto, where: str, folder: Path | None) -> None:
     name = tensor.name or "<unnamed>"
-    if any(d < 0 for d in tensor.dims):
-        raise ModelLoadError(f"{where}: tensor '{name}' has a negative dimension {list(tensor.dims)}")
-    count = math.prod(tensor.dims)
-    itemsize = _ITEMSIZE.get(tensor.data_type)
-    expected = None
-    if itemsize is not None:
-        expected = count * itemsize if itemsize >= 1 else None
-        if expected is not None and expected > MAX_TENSOR_BYTES:
-            raise ModelLoadError(
-                f"{where}: tensor '{name}' declares dims {list(tensor.dims)} "
-                f"({expected / 2**30:.0f} GiB), over the {MAX_TENSOR_BYTES // 2**30} GiB cap for one "
-                "tensor: the file is corrupt or hostile"
-            )
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"{where}: tensor '{name}' has a negative dimension {dims}; the file is corrupt")
+    if tensor.data_type not in _BITS and tensor.data_type != onnx.TensorProto.STRING:
+        raise ModelLoadError(
+            f"{where}: tensor '{name}' has unknown data type {tensor.data_type}; the file is "
+            "corrupt or needs a newer onnx"
+        )
+    count = math.prod(dims)
+    bits = _BITS.get(tensor.data_type)
+    declared = (count * bits + 7) // 8 if bits is not None else count
+    if declared > MAX_TENSOR_BYTES:
+        raise ModelLoadError(
+            f"{where}: tensor '{name}' declares dims {dims} ({declared / 2**30:.3g} GiB), over the "
+            f"{MAX_TENSOR_BYTES // 2**30} GiB cap for one tensor: the file is corrupt or hostile"
+        )
+    # Sub-byte types have packing rules of their own: their sizes are capped, not matched.
+    expected = declared if bits is not None and bits % 8 == 0 else None
+    if _is_external(tensor):
         _check_external(tensor, where, folder, expected)
     elif tensor.HasField("raw_data") and expected is not None and len(tensor.raw_data) != expected:
-        dt = ir.DataType(tensor.data_type).name
+        dtype = ir.DataType(tensor.data_type).name
         raise ModelLoadError(
-            f"{where}: tensor '{name}' declares dims {list(tensor.dims)} of {dt} "
-            f"({expected} bytes) but holds {len(tensor.raw_data)} bytes: the file is corrupt"
+            f"{where}: tensor '{name}' declares dims {dims} of {dtype} ({expected} bytes) but "
+            f"holds {len(tensor.raw_data)} bytes: the file is corrupt"
         )
 
 
@@ -310,31 +547,39 @@ def _check_external(tensor: onnx.TensorProto, where: str, folder: Path | None, e
             f"{where}: tensor '{name}' keeps its data in external file '{location}', but the model "
             "was given as bytes without base_dir; pass base_dir= or load it by path"
         )
-    if not location or os.path.isabs(location) or Path(location).drive:
+    if not location or os.path.isabs(location) or Path(location).drive or "\0" in location:
         raise ModelLoadError(
             f"{where}: tensor '{name}' has external-data location '{location}': it must be a "
             "relative path inside the model's folder"
         )
-    root = folder.resolve()
-    target = (root / location).resolve()
-    if root != target and root not in target.parents:
+    try:
+        root = folder.resolve()
+        target = (root / location).resolve()
+        inside = target == root or root in target.parents
+        is_file = inside and target.is_file()
+        file_size = target.stat().st_size if is_file else 0
+    except (OSError, RuntimeError) as e:  # name too long, symlink loop, ...
+        raise ModelLoadError(
+            f"{where}: tensor '{name}' has external-data location '{location}' that cannot be "
+            f"resolved ({e}); fix or remove the reference"
+        ) from e
+    if not inside:
         raise ModelLoadError(
             f"{where}: tensor '{name}' points outside the model's folder ('{location}' resolves "
             f"to {target}); refusing to read it (path traversal or symlink escape)"
         )
-    if not target.is_file():
+    if not is_file:
         raise ModelLoadError(
             f"{where}: tensor '{name}' needs external data file '{location}', which is missing "
             f"from {root}; copy it next to the model"
         )
     try:
-        offset = int(info.get("offset", "0") or 0)
-        length = int(info["length"]) if info.get("length") else None
+        offset = int(info.get("offset") or 0)
+        length = int(info["length"]) if info.get("length") else file_size - offset
     except ValueError as e:
-        raise ModelLoadError(f"{where}: tensor '{name}' has a non-integer offset/length") from e
-    file_size = target.stat().st_size
-    if length is None:
-        length = file_size - offset
+        raise ModelLoadError(
+            f"{where}: tensor '{name}' has a non-integer external-data offset/length; the file is corrupt"
+        ) from e
     if offset < 0 or length < 0 or offset + length > file_size:
         raise ModelLoadError(
             f"{where}: tensor '{name}' reads bytes {offset}..{offset + length} of '{location}', "
@@ -345,4 +590,3 @@ def _check_external(tensor: onnx.TensorProto, where: str, folder: Path | None, e
             f"{where}: tensor '{name}' declares {expected} bytes but its external data holds "
             f"{length}: the file is corrupt"
         )
-

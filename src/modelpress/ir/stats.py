@@ -11,7 +11,9 @@ import dataclasses
 
 import onnx_ir as ir
 
-__all__ = ["ModelStats", "count_nodes", "model_stats", "op_histogram"]
+from modelpress.ir import io
+
+__all__ = ["ModelStats", "ValueSummary", "count_nodes", "model_stats", "op_histogram"]
 
 
 def _all_nodes(model: ir.Model) -> list[ir.Node]:
@@ -37,43 +39,67 @@ def count_nodes(model: ir.Model) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class ValueSummary:
+    """Name, element type and shape of a graph input or output.
+
+    ``shape`` holds ints for static dims, names for symbolic dims and None for unnamed
+    dynamic dims; it is None when the rank is unknown.
+    """
+
+    name: str
+    dtype: str
+    shape: list[int | str | None] | None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelStats:
     """What `modelpress info` prints about a model."""
 
     ir_version: int
     opsets: dict[str, int]
     producer: str
-    inputs: list[tuple[str, str, list[int | str | None]]]
-    outputs: list[tuple[str, str, list[int | str | None]]]
+    inputs: list[ValueSummary]
+    outputs: list[ValueSummary]
     nodes: int
     ops: dict[str, int]
     parameters: int
     weight_bytes: int
     functions: int
+    external_weight_bytes: int = 0
 
     def to_json(self) -> dict:
         """A JSON-serializable dict."""
         return dataclasses.asdict(self)
 
 
-def _describe(value: ir.Value) -> tuple[str, str, list[int | str | None]]:
-    dtype = value.dtype.name if value.dtype is not None else str(value.type)
-    dims: list[int | str | None] = []
+def _describe(value: ir.Value) -> ValueSummary:
+    if isinstance(value.type, ir.TensorType) and value.dtype is not None:
+        dtype = value.dtype.name.lower()
+    else:
+        dtype = str(value.type) if value.type is not None else "unknown"
+    shape: list[int | str | None] | None = None
     if value.shape is not None:
-        for dim in value.shape:
-            dims.append(dim if isinstance(dim, int) else (dim.value if dim.value else None))
-    return (value.name or "", dtype.lower(), dims)
+        shape = [dim if isinstance(dim, int) else (dim.value or None) for dim in value.shape]
+    return ValueSummary(value.name or "", dtype, shape)
+
+
+def _initialized_tensors(model: ir.Model) -> list[ir.TensorProtocol]:
+    # Initializers of subgraphs (If/Loop/Scan bodies) are parameters too.
+    return [
+        value.const_value
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if value.const_value is not None
+    ]
 
 
 def model_stats(model: ir.Model) -> ModelStats:
-    """Collect the summary of ``model`` without loading external weights into memory."""
-    params = 0
-    weight_bytes = 0
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if tensor is not None:
-            params += tensor.size
-            weight_bytes += tensor.nbytes
+    """Collect the summary of ``model`` without loading external weights into memory.
+
+    Parameters and weight bytes count the initializers of every graph (subgraphs included);
+    inputs that an initializer backs are listed as inputs all the same.
+    """
+    tensors = _initialized_tensors(model)
     return ModelStats(
         ir_version=model.ir_version,
         opsets=dict(model.opset_imports),
@@ -82,7 +108,8 @@ def model_stats(model: ir.Model) -> ModelStats:
         outputs=[_describe(v) for v in model.graph.outputs],
         nodes=count_nodes(model),
         ops=op_histogram(model),
-        parameters=params,
-        weight_bytes=weight_bytes,
+        parameters=sum(t.size for t in tensors),
+        weight_bytes=sum(io.tensor_nbytes(t) for t in tensors),
         functions=len(model.functions),
+        external_weight_bytes=sum(t.nbytes for t in tensors if isinstance(t, ir.ExternalTensor)),
     )

@@ -79,8 +79,12 @@ class OptimizeReport:
             ],
             "verification": None
             if self.comparison is None
-            else {"rtol": self.rtol, "max_rel": self.comparison.max_rel, "max_abs": self.comparison.max_abs,
-                  "outputs": self.comparison.to_json()},
+            else {
+                "rtol": self.rtol,
+                "max_rel": self.comparison.max_rel,
+                "max_abs": self.comparison.max_abs,
+                "outputs": self.comparison.to_json(),
+            },
         }
 
 

@@ -136,7 +136,9 @@ class PassManager:
                 except ModelpressError:
                     raise
                 except Exception as e:
-                    raise PassError(f"{type(e).__name__}: {e}", pass_name=record.name, history=tuple(history)) from e
+                    raise PassError(
+                        f"{type(e).__name__}: {e}", pass_name=record.name, history=tuple(history)
+                    ) from e
                 record.seconds += time.perf_counter() - start
                 record.runs += 1
                 history.append(record.name)

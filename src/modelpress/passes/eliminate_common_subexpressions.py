@@ -30,7 +30,8 @@ class EliminateCommonSubexpressionsPass(ModelpressPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Deduplicate initializers, then run CSE; changed if either merged something."""
-        modified = common_passes.DeduplicateInitializersPass()(model).modified
+        # No size limit: folded weights can be large and equal; hashing keeps memory bounded.
+        modified = common_passes.DeduplicateHashedInitializersPass(size_limit=1 << 62)(model).modified
         modified |= common_passes.CommonSubexpressionEliminationPass()(model).modified
         if modified:
             common_passes.RemoveUnusedNodesPass()(model)

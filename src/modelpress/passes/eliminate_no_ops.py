@@ -152,10 +152,12 @@ class EliminateNoOpsPass(RulesPass):
     """Remove Identity, inference Dropout and every op that provably returns its input."""
 
     name = "eliminate-no-ops"
-    summary = "remove Identity, inference Dropout and no-op Cast/Transpose/Reshape/Slice/Pad/Expand/Concat/Sum"
+    summary = (
+        "remove Identity, inference Dropout and no-op Cast/Transpose/Reshape/Slice/Pad/Expand/Concat/Sum"
+    )
 
     def rules(self) -> collections.abc.Sequence[RewriteRule]:
-        """onnxscript's no-op rules, then ours."""
+        """Onnxscript's no-op rules, then ours."""
         return [
             *osr._no_op.rules,
             osr.no_op_cast_rule,

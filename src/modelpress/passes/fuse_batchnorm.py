@@ -10,9 +10,14 @@ With ``s = g / sqrt(var + eps)`` per output channel (ONNX default ``epsilon = 1e
 ``MatMul(x, W)`` (W constant, 2-D) the BN runs over axis 1 of a rank-2 output, so the
 output-channel axis of W is its last one and the result is ``Gemm(x, W', B')``.
 
-Conv/ConvTranspose/Gemm come from onnxscript's ``_fuse_batchnorm`` rules; MatMul is ours.
+Conv/ConvTranspose/Gemm come from onnxscript's ``_fuse_batchnorm`` rules, wrapped with two
+checks they lack (inference mode: they would fold a ``training_mode=1`` BN whose extra outputs
+are unused, which normalizes with batch statistics; and 1-D per-channel statistics) and with
+fresh initializer names (``<name>_bnfold``): onnxscript names the fused bias ``<W>_bias`` and
+overwrites any initializer already called that. MatMul is ours.
 Refused per match: non-constant weights or BN statistics, weights shared with another node,
-a producer whose output has other consumers, BN in training mode (extra outputs used).
+a producer whose output has other consumers, BN in training mode (``training_mode=1`` or
+extra outputs used), statistics that are not 1-D per-channel vectors (BN-7 ``spatial=0``).
 """
 
 from __future__ import annotations
@@ -25,10 +30,16 @@ from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
 from onnxscript.rewriter import _basics as basics
 from onnxscript.rewriter.rules import common as osr
 
+from modelpress.passes._rewriting import unique_names
 from modelpress.passes.base import RulesPass
 from modelpress.passes.rules import const_array
 
-__all__ = ["FuseBatchNormPass", "batchnorm_scale_shift"]
+__all__ = [
+    "FuseBatchNormPass",
+    "batchnorm_scale_shift",
+    "has_channel_statistics",
+    "is_inference_batchnorm",
+]
 
 
 def batchnorm_scale_shift(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
@@ -49,11 +60,58 @@ def batchnorm_scale_shift(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def is_inference_batchnorm(bn: ir.Node) -> bool:
-    """True when only the first output is used and training_mode is off."""
+    """True when only the first output is used and training_mode is off (its default)."""
     if any(out.uses() or out.is_graph_output() for out in bn.outputs[1:]):
         return False
     attr = bn.attributes.get("training_mode")
     return attr is None or attr.as_int() == 0
+
+
+def has_channel_statistics(bn: ir.Node) -> bool:
+    """True when scale, bias, mean and var are constant 1-D vectors of one length.
+
+    BatchNormalization-7 with ``spatial=0`` has per-activation statistics of shape [C, H, W]
+    instead; folding those along the weights' channel axis would be wrong.
+    """
+    params = [const_array(v) for v in bn.inputs[1:5]]
+    if len(params) != 4 or any(p is None or p.ndim != 1 for p in params):
+        return False
+    return len({p.shape for p in params}) == 1  # type: ignore[union-attr]
+
+
+class _DerivedNames:
+    """Builder proxy: every initializer the wrapped rewrite creates gets a fresh ``<name>_bnfold``."""
+
+    def __init__(self, op, graph: ir.Graph | None) -> None:
+        self._op = op
+        self._graph = graph
+
+    def __getattr__(self, attr: str):
+        return getattr(self._op, attr)
+
+    def initializer(self, tensor: ir.TensorProtocol, name: str | None = None) -> ir.Value:
+        """Create the initializer under a derived name that collides with nothing."""
+        return self._op.initializer(tensor, name=unique_names(self._graph, [f"{name or 'bn'}_bnfold"])[0])
+
+
+def _checked(cls: type) -> type:
+    """``cls`` (an onnxscript BN-fusion rule) with our inference/statistics checks and fresh names."""
+
+    class Checked(cls):  # type: ignore[misc, valid-type]
+        def check(self, context, x, inbound_out, batchnorm_out) -> basics.MatchResult:
+            bn = batchnorm_out.producer()
+            if not is_inference_batchnorm(bn):
+                return basics.MatchResult().fail("BatchNormalization is in training mode")
+            if not has_channel_statistics(bn):
+                return basics.MatchResult().fail("BN statistics are not constant 1-D per-channel vectors")
+            return super().check(context, x, inbound_out, batchnorm_out)
+
+        def rewrite(self, op, x, inbound_out, batchnorm_out):
+            graph = inbound_out.producer().graph
+            return super().rewrite(_DerivedNames(op, graph), x, inbound_out, batchnorm_out)
+
+    Checked.__name__ = cls.__name__
+    return Checked
 
 
 class _FuseBatchNormIntoMatMul(RewriteRuleClassBase):
@@ -74,18 +132,20 @@ class _FuseBatchNormIntoMatMul(RewriteRuleClassBase):
             return result.fail("MatMul input is not known to be rank 2 (BN channel axis would differ)")
         if len(w.uses()) != 1:
             return result.fail("MatMul weight is shared with another node")
-        if not is_inference_batchnorm(bn) or batchnorm_scale_shift(bn) is None:
+        if not is_inference_batchnorm(bn) or not has_channel_statistics(bn):
             return result.fail("BatchNormalization is in training mode or has non-constant statistics")
         return result
 
     def rewrite(self, op, x, w, y):
         scale, shift = batchnorm_scale_shift(y.producer())  # type: ignore[misc]
         weight = const_array(w) * scale[np.newaxis, :]  # type: ignore[operator]
-        w_name = (w.name or "matmul_w") + "_bnfold"
+        graph = y.producer().graph
+        stem = (w.name or "matmul_w") + "_bnfold"
+        w_name, b_name = unique_names(graph, [stem, stem + "_bias"])
         return op.Gemm(
             x,
             op.initializer(ir.tensor(weight.astype(scale.dtype)), name=w_name),
-            op.initializer(ir.tensor(shift), name=w_name + "_bias"),
+            op.initializer(ir.tensor(shift), name=b_name),
         )
 
 
@@ -96,5 +156,7 @@ class FuseBatchNormPass(RulesPass):
     summary = "fold BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul that feeds it"
 
     def rules(self) -> collections.abc.Sequence[RewriteRule]:
-        """onnxscript's Conv/ConvTranspose/Gemm rules plus our MatMul rule."""
-        return [*osr._fuse_batchnorm.rules, _FuseBatchNormIntoMatMul().rule()]
+        """The Conv/ConvTranspose/Gemm rules of onnxscript (with our checks), then our MatMul rule."""
+        fbn = osr._fuse_batchnorm
+        classes = (fbn.FuseBatchNormIntoConv, fbn.FuseBatchNormIntoConvTranspose, fbn.FuseBatchNormIntoGemm)
+        return [*(_checked(cls)().rule() for cls in classes), _FuseBatchNormIntoMatMul().rule()]

@@ -60,7 +60,7 @@ class MergeTransposesReshapesPass(RulesPass):
     summary = "merge or cancel consecutive Transpose/Reshape/Squeeze/Unsqueeze/Cast"
 
     def rules(self) -> collections.abc.Sequence[RewriteRule]:
-        """onnxscript's merging rules, then ours."""
+        """Onnxscript's merging rules, then ours."""
         return [
             osr.transpose_transpose_rule,
             osr.flatten_to_reshape_rule,

@@ -1,9 +1,10 @@
 """THE ordered list of passes, and the levels that select from it.
 
-Order matters: cleanup (fold, no-ops, dead code, CSE) first so that fusion patterns see the
-real producer/consumer pairs; fusions before BatchNorm→Scale, so that only BNs that could not
-be folded become Mul+Add; reordering last, then a final cleanup round (the pass manager
-repeats the whole list until a round changes nothing).
+Order matters: cleanup (fold, no-ops, dead code) first so that fusion patterns see the
+real producer/consumer pairs; CSE after the fusions (see below); fusions before
+BatchNorm→Scale, so that only BNs that could not be folded become Mul+Add; the onnxruntime
+rewrites next; moving Slices last. The pass manager repeats the whole list until a round
+changes nothing.
 
 Levels (cumulative):
 
@@ -31,11 +32,13 @@ from modelpress.passes.eliminate_no_ops import EliminateNoOpsPass
 from modelpress.passes.fold_constant_chains import FoldConstantChainsPass
 from modelpress.passes.fold_constants import FoldConstantsPass
 from modelpress.passes.fuse_batchnorm import FuseBatchNormPass
+from modelpress.passes.fuse_conv_affine import FuseConvAffinePass
 from modelpress.passes.fuse_matmul_add import FuseMatMulAddPass
 from modelpress.passes.merge_transposes_reshapes import MergeTransposesReshapesPass
 from modelpress.passes.ort.fuse_conv_activation import FuseConvActivationPass
 from modelpress.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 from modelpress.passes.reorder_slices import MoveSlicesUpPass
+from modelpress.passes.replace_batchnorm import ReplaceBatchNormWithScalePass
 
 __all__ = ["DEFAULT_PASSES", "LEVELS", "ORT_PASSES", "PASSES", "TAIL_PASSES", "TARGETS", "passes_for"]
 
@@ -45,29 +48,30 @@ DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
     (FoldConstantsPass, "basic"),
     (EliminateNoOpsPass, "basic"),
     (EliminateDeadCodePass, "basic"),
-    (EliminateCommonSubexpressionsPass, "basic"),
     (MergeTransposesReshapesPass, "basic"),
     (FoldConstantChainsPass, "all"),
     (FuseBatchNormPass, "extended"),
     (FuseMatMulAddPass, "extended"),
+    (FuseConvAffinePass, "extended"),  # after fuse-matmul-add: a new Gemm absorbs a Mul/Add too
+    (ReplaceBatchNormWithScalePass, "extended"),  # last fusion: only BNs nothing absorbed
+    # After the fusions: merging equal weights first would make them shared, and a fusion
+    # must not rewrite a weight another node reads.
+    (EliminateCommonSubexpressionsPass, "basic"),
 )
 
 # onnxruntime-only rewrites, run after the portable list when target == "onnxruntime".
-ORT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
-    (FuseConvActivationPass, "extended"),
-)
+ORT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = ((FuseConvActivationPass, "extended"),)
 
 # Run last, after every fusion: a Slice moved between a Conv and its activation would
 # otherwise block Conv+activation fusions.
-TAIL_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
-    (MoveSlicesUpPass, "all"),
-)
+TAIL_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = ((MoveSlicesUpPass, "all"),)
 
 LEVELS: tuple[str, ...] = ("basic", "extended", "all")
 TARGETS: tuple[str, ...] = ("onnx", "onnxruntime")
 
 PASSES: dict[str, type[ir.passes.PassBase]] = {
-    cls.name: cls for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES, *TAIL_PASSES)  # type: ignore[attr-defined]
+    cls.name: cls
+    for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES, *TAIL_PASSES)  # type: ignore[attr-defined]
 }
 
 
@@ -90,9 +94,7 @@ def passes_for(
     if names:
         unknown = [n for n in names if n not in PASSES]
         if unknown:
-            raise UsageError(
-                f"unknown pass(es) {', '.join(unknown)}; known passes: {', '.join(PASSES)}"
-            )
+            raise UsageError(f"unknown pass(es) {', '.join(unknown)}; known passes: {', '.join(PASSES)}")
         return [cls() for cls, _ in ordered if cls.name in names]  # type: ignore[attr-defined]
     rank = LEVELS.index(level)
     chosen = DEFAULT_PASSES + (ORT_PASSES if target == "onnxruntime" else ()) + TAIL_PASSES

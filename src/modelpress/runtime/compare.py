@@ -27,7 +27,7 @@ import onnx_ir as ir
 from modelpress.errors import NumericMismatchError
 from modelpress.ir import io
 from modelpress.runtime.feeds import random_feeds
-from modelpress.runtime.session import create_session
+from modelpress.runtime.session import OptLevel, create_session, run_session
 
 __all__ = ["Comparison", "OutputDiff", "compare_models", "run_model"]
 
@@ -53,10 +53,10 @@ class Comparison:
     diffs: list[OutputDiff]
 
     def worst(self) -> dict[str, OutputDiff]:
-        """The largest error of each output over all feeds."""
+        """The largest error of each output over all feeds (by relative, then absolute error)."""
         worst: dict[str, OutputDiff] = {}
         for diff in self.diffs:
-            if diff.name not in worst or diff.max_rel > worst[diff.name].max_rel:
+            if diff.name not in worst or _rank(diff) > _rank(worst[diff.name]):
                 worst[diff.name] = diff
         return worst
 
@@ -75,34 +75,55 @@ class Comparison:
         return self.max_rel <= rtol
 
     def check(self, rtol: float, *, what: str = "candidate") -> None:
-        """Raise ``NumericMismatchError`` naming the worst output when ``rtol`` is exceeded."""
+        """Raise ``NumericMismatchError`` naming the worst output when ``rtol`` is exceeded.
+
+        Raises:
+            NumericMismatchError: names the output, the seed, both errors and the index.
+        """
         if self.within(rtol):
             return
-        bad = max(self.diffs, key=lambda d: d.max_rel)
+        bad = max(self.diffs, key=_rank)
         raise NumericMismatchError(
             f"{what} differs from the reference on output '{bad.name}' (seed {bad.seed}): "
             f"max rel error {bad.max_rel:.3g} > {rtol:.3g}, max abs error {bad.max_abs:.3g} "
-            f"at index {bad.index}{'; ' + bad.note if bad.note else ''}"
+            f"at index {bad.index}{'; ' + bad.note if bad.note else ''}; find the rewrite "
+            "responsible by running fewer passes, or loosen the tolerance if this error is expected"
         )
 
     def to_json(self) -> list[dict]:
         """Worst error per output, JSON-serializable."""
         return [
-            {"output": d.name, "seed": d.seed, "max_abs": d.max_abs, "max_rel": d.max_rel, "note": d.note}
+            {
+                "output": d.name,
+                "seed": d.seed,
+                "max_abs": d.max_abs,
+                "max_rel": d.max_rel,
+                "index": list(d.index) if d.index is not None else None,
+                "note": d.note,
+            }
             for d in self.worst().values()
         ]
+
+
+def _rank(diff: OutputDiff) -> tuple[float, float]:
+    return (diff.max_rel, diff.max_abs)
 
 
 ModelLike = ir.Model | bytes | str | Path
 
 
-def run_model(model: ModelLike, feeds: Feeds, *, level: str = "disable", threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run ``model`` once on onnxruntime and return its outputs by name."""
+def run_model(
+    model: ModelLike, feeds: Feeds, *, level: OptLevel = "disable", threads: int | None = None
+) -> dict[str, object]:
+    """Run ``model`` once on onnxruntime and return its outputs by name.
+
+    Raises:
+        ModelLoadError: onnxruntime cannot load the model.
+        UsageError: a model input has no feed.
+        InvalidModelError: onnxruntime failed while running it.
+    """
     session = create_session(model, level=level, threads=threads)  # type: ignore[arg-type]
-    names = [o.name for o in session.get_outputs()]
-    wanted = {i.name for i in session.get_inputs()}
-    values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
-    return dict(zip(names, values, strict=True))
+    return run_session(session, feeds)
 
 
 def compare_models(
@@ -123,7 +144,12 @@ def compare_models(
         dim_values: Sizes of dynamic dims for random feeds (see ``feeds.input_specs``).
 
     Returns:
-        The per-output, per-feed errors.
+        The per-output, per-feed errors, in the reference's output order.
+
+    Raises:
+        UsageError: random feeds cannot be made for an input, or a given feed is missing.
+        ModelLoadError: a model cannot be loaded.
+        InvalidModelError: onnxruntime failed while running a model.
     """
     ref_model = reference if isinstance(reference, ir.Model) else io.load(reference)
     if feeds is None:
@@ -133,16 +159,28 @@ def compare_models(
     else:
         feed_list = [(None, f) for f in feeds]
     # One session alive at a time: no idle threads of one session steal cores from the other.
-    ref_outputs = [run_model(ref_model, f) for _, f in feed_list]
-    cand_outputs = [run_model(candidate, f) for _, f in feed_list]
+    ref_outputs = _run_all(ref_model, [f for _, f in feed_list])
+    cand_outputs = _run_all(candidate, [f for _, f in feed_list])
     diffs = []
     for (seed, _), ref, cand in zip(feed_list, ref_outputs, cand_outputs, strict=True):
         for name, ref_value in ref.items():
             if name not in cand:
-                diffs.append(OutputDiff(name, seed, math.inf, math.inf, None, "output missing from candidate"))
+                diffs.append(
+                    OutputDiff(name, seed, math.inf, math.inf, None, "output missing from candidate")
+                )
                 continue
             diffs.append(_diff(name, seed, ref_value, cand[name]))
     return Comparison(diffs)
+
+
+def _run_all(model: ModelLike, feed_list: list[Feeds]) -> list[dict[str, object]]:
+    session = create_session(model)  # type: ignore[arg-type]
+    return [run_session(session, feeds) for feeds in feed_list]
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    # ml_dtypes floats (bfloat16, float8_*) have numpy kind "V" but are floats.
+    return dtype.kind == "f" or (dtype.kind == "V" and dtype.name.startswith(("bfloat", "float")))
 
 
 def _diff(name: str, seed: int | None, ref: object, cand: object) -> OutputDiff:
@@ -150,7 +188,9 @@ def _diff(name: str, seed: int | None, ref: object, cand: object) -> OutputDiff:
         if not isinstance(cand, list) or len(cand) != len(ref):
             return OutputDiff(name, seed, math.inf, math.inf, None, "sequence length differs")
         parts = [_diff(name, seed, r, c) for r, c in zip(ref, cand, strict=True)]
-        return max(parts, key=lambda d: d.max_rel, default=OutputDiff(name, seed, 0.0, 0.0, None))
+        return max(
+            parts, key=lambda d: (d.max_rel, d.max_abs), default=OutputDiff(name, seed, 0.0, 0.0, None)
+        )
     ref_arr, cand_arr = np.asarray(ref), np.asarray(cand)
     if ref_arr.shape != cand_arr.shape:
         return OutputDiff(name, seed, math.inf, math.inf, None, f"shape {cand_arr.shape} != {ref_arr.shape}")
@@ -158,25 +198,31 @@ def _diff(name: str, seed: int | None, ref: object, cand: object) -> OutputDiff:
         return OutputDiff(name, seed, math.inf, math.inf, None, f"dtype {cand_arr.dtype} != {ref_arr.dtype}")
     if ref_arr.size == 0:
         return OutputDiff(name, seed, 0.0, 0.0, None)
-    if ref_arr.dtype.kind not in "fc":
-        unequal = ref_arr != cand_arr
-        if not unequal.any():
-            return OutputDiff(name, seed, 0.0, 0.0, None)
-        index = tuple(int(i) for i in np.argwhere(unequal)[0])
-        return OutputDiff(name, seed, math.inf, math.inf, index, "non-float values differ")
-    ref64, cand64 = ref_arr.astype(np.float64), cand_arr.astype(np.float64)
-    ref_nan, cand_nan = np.isnan(ref64), np.isnan(cand64)
+    if ref_arr.dtype.kind == "c":
+        return _float_diff(name, seed, ref_arr.astype(np.complex128), cand_arr.astype(np.complex128))
+    if _is_float(ref_arr.dtype):
+        return _float_diff(name, seed, ref_arr.astype(np.float64), cand_arr.astype(np.float64))
+    unequal = ref_arr != cand_arr
+    if not np.any(unequal):
+        return OutputDiff(name, seed, 0.0, 0.0, None)
+    index = tuple(int(i) for i in np.argwhere(unequal)[0])
+    return OutputDiff(name, seed, math.inf, math.inf, index, "non-float values differ")
+
+
+def _float_diff(name: str, seed: int | None, ref: np.ndarray, cand: np.ndarray) -> OutputDiff:
+    """Errors of float (or complex) arrays of one shape, in float64."""
+    ref_nan, cand_nan = np.isnan(ref), np.isnan(cand)
     if (ref_nan != cand_nan).any():
         index = tuple(int(i) for i in np.argwhere(ref_nan != cand_nan)[0])
         return OutputDiff(name, seed, math.inf, math.inf, index, "NaN at different positions")
-    both_inf_equal = np.isinf(ref64) & (ref64 == cand64)
-    err = np.abs(cand64 - ref64)
-    err[ref_nan | both_inf_equal] = 0.0
-    if np.isnan(err).any():  # inf - inf of opposite signs, or inf vs finite
-        err[np.isnan(err)] = math.inf
+    same = ref_nan | (np.isinf(ref) & (ref == cand))  # equal infinities and NaN pairs match
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(cand - ref).astype(np.float64)
+    err[same] = 0.0
+    err[np.isnan(err)] = math.inf  # inf - inf of the same sign cannot happen here; opposite signs can
     flat = int(np.argmax(err))
     max_abs = float(err.reshape(-1)[flat])
-    finite_ref = np.abs(ref64[np.isfinite(ref64)])
+    finite_ref = np.abs(ref[np.isfinite(ref)])
     scale = float(finite_ref.max()) if finite_ref.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     index = tuple(int(i) for i in np.unravel_index(flat, err.shape))

@@ -51,8 +51,10 @@ def _activation_params(act: ir.Node) -> list[float] | None:
     if act.op_type == "Clip":
         if "min" in act.attributes or "max" in act.attributes:  # opset < 11 Clip
             low, high = act.attributes.get("min"), act.attributes.get("max")
-            return [float(np.finfo(np.float32).min) if low is None else low.as_float(),
-                    float(np.finfo(np.float32).max) if high is None else high.as_float()]
+            return [
+                float(np.finfo(np.float32).min) if low is None else low.as_float(),
+                float(np.finfo(np.float32).max) if high is None else high.as_float(),
+            ]
         bounds = []
         for index, default in ((1, np.finfo(np.float32).min), (2, np.finfo(np.float32).max)):
             value = act.inputs[index] if len(act.inputs) > index else None
@@ -97,11 +99,15 @@ class _ConvActivation(RewriteRuleClassBase):
 
     def pattern(self, op, x):
         conv = op.Conv(x, _allow_other_inputs=True, _outputs=["conv_out"])
-        return getattr(op, self.activation)(conv, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["act_out"])
+        return getattr(op, self.activation)(
+            conv, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["act_out"]
+        )
 
     def check(self, context, x, conv_out, act_out) -> basics.MatchResult:
         result = basics.MatchResult()
-        reason = _check_conv(conv_out, act_out) or (None if _single_use(conv_out) else "Conv output has other consumers")
+        reason = _check_conv(conv_out, act_out) or (
+            None if _single_use(conv_out) else "Conv output has other consumers"
+        )
         return result.fail(reason) if reason else result
 
     def rewrite(self, op, x, conv_out, act_out):
@@ -121,7 +127,9 @@ class _ConvAddActivation(RewriteRuleClassBase):
     def pattern(self, op, x, z):
         conv = op.Conv(x, _allow_other_inputs=True, _outputs=["conv_out"])
         added = getattr(op, self.add)(conv, z, _outputs=["add_out"])
-        return getattr(op, self.activation)(added, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["act_out"])
+        return getattr(op, self.activation)(
+            added, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["act_out"]
+        )
 
     def check(self, context, x, z, conv_out, add_out, act_out) -> basics.MatchResult:
         result = basics.MatchResult()
@@ -141,9 +149,14 @@ class _ConvAddActivation(RewriteRuleClassBase):
             channels = conv.inputs[1].shape[0]  # type: ignore[index, union-attr]
             # onnxscript silently replaces an initializer of the same name: take a fresh one.
             (name,) = unique_names(conv.graph, [(conv.inputs[1].name or "conv") + "_zero_bias"])
-            inputs = [inputs[0], inputs[1], op.initializer(ir.tensor(np.zeros(channels, np.float32)), name=name)]
+            inputs = [
+                inputs[0],
+                inputs[1],
+                op.initializer(ir.tensor(np.zeros(channels, np.float32)), name=name),
+            ]
         return op.FusedConv(
-            *inputs[:3], z,
+            *inputs[:3],
+            z,
             _domain=MS_DOMAIN,
             **_fused_attributes(conv, act_out.producer(), self.activation),
         )

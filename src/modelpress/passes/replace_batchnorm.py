@@ -1,0 +1,90 @@
+"""Replace an inference BatchNormalization that no producer absorbed by ``Mul`` then ``Add``.
+
+Before → after (x of rank r >= 2, C channels on axis 1)::
+
+    y = BatchNormalization(x, g, beta, mean, var)   =>   m = Mul(x, bn_scale)
+                                                         y = Add(m, bn_shift)
+
+Math: ``BN(x) = (x - mean) / sqrt(var + eps) * g + beta = x * s + t`` with
+``s = g / sqrt(var + eps)`` and ``t = beta - mean * s`` (ONNX default ``epsilon = 1e-5``),
+precomputed in float64 by ``batchnorm_scale_shift`` and stored as [C, 1, ..., 1] (r - 1 dims,
+so they broadcast along axis 1 only; [C] for r = 2). Two element-wise ops are cheaper than the
+BatchNormalization kernel on most runtimes and open the way to further Mul/Add folding.
+
+Registered after ``fuse-batchnorm`` (and ``fuse-conv-affine``): only BNs that could not be
+folded into a Conv/ConvTranspose/Gemm/MatMul reach this pass. The new initializers are named
+``<bn>_scale`` and ``<bn>_shift`` (after the BN node, else its output), made unique.
+Preconditions per match: only output 0 used and ``training_mode`` off; constant 1-D
+statistics of one length (not BN-7 ``spatial=0``); the input's rank known and >= 2; the
+statistics' dtype equal to the input's (BN-15 allows them to differ, Mul/Add do not); opset >= 7
+(older Mul/Add need the legacy ``broadcast`` attribute). A non-match leaves the BN as it is.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+
+import onnx_ir as ir
+from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
+from onnxscript.rewriter import _basics as basics
+
+from modelpress.passes._rewriting import unique_names
+from modelpress.passes.base import RulesPass
+from modelpress.passes.fuse_batchnorm import (
+    batchnorm_scale_shift,
+    has_channel_statistics,
+    is_inference_batchnorm,
+)
+from modelpress.passes.rules import const_array
+
+__all__ = ["ReplaceBatchNormWithScalePass"]
+
+
+class _BatchNormToMulAdd(RewriteRuleClassBase):
+    """``BatchNormalization(x, ...)`` (inference) → ``Add(Mul(x, scale), shift)``."""
+
+    def pattern(self, op, x):
+        return op.BatchNormalization(
+            x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["y"]
+        )
+
+    def check(self, context, x, y) -> basics.MatchResult:
+        result = basics.MatchResult()
+        bn = y.producer()
+        if not is_inference_batchnorm(bn):
+            return result.fail("BatchNormalization is in training mode or its extra outputs are used", bn)
+        if not has_channel_statistics(bn):
+            return result.fail("BN statistics are not constant 1-D per-channel vectors", bn)
+        if x.shape is None or len(x.shape) < 2:
+            return result.fail("BN input rank is unknown or < 2: cannot place the channel axis", bn)
+        scale = const_array(bn.inputs[1])
+        if x.dtype is None or scale.dtype != x.dtype.numpy():  # type: ignore[union-attr]
+            return result.fail(f"BN statistics dtype {scale.dtype} differs from input {x.dtype}", bn)  # type: ignore[union-attr]
+        channels = x.shape[1]
+        if isinstance(channels, int) and channels != scale.shape[0]:  # type: ignore[union-attr]
+            return result.fail(f"input has {channels} channels, statistics {scale.shape[0]}", bn)  # type: ignore[union-attr]
+        if context.graph_or_function.opset_imports.get("", 0) < 7:
+            return result.fail("opset < 7: Mul/Add would need the legacy broadcast attribute", bn)
+        return result
+
+    def rewrite(self, op, x, y):
+        bn = y.producer()
+        scale, shift = batchnorm_scale_shift(bn)  # type: ignore[misc]
+        shape = (scale.shape[0],) + (1,) * (len(x.shape) - 2)
+        graph = bn.graph
+        stem = bn.name or y.name or "batchnorm"
+        scale_name, shift_name = unique_names(graph, [f"{stem}_scale", f"{stem}_shift"])
+        scale_value = op.initializer(ir.tensor(scale.reshape(shape)), name=scale_name)
+        shift_value = op.initializer(ir.tensor(shift.reshape(shape)), name=shift_name)
+        return op.Add(op.Mul(x, scale_value), shift_value)
+
+
+class ReplaceBatchNormWithScalePass(RulesPass):
+    """Turn each inference BatchNormalization left after folding into a Mul and an Add."""
+
+    name = "replace-batchnorm-with-scale"
+    summary = "replace BatchNormalization that could not be folded by Mul(x, scale) + shift"
+
+    def rules(self) -> collections.abc.Sequence[RewriteRule]:
+        """The single BatchNormalization → Mul + Add rule."""
+        return [_BatchNormToMulAdd().rule()]
