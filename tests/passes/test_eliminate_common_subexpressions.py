@@ -59,3 +59,37 @@ def test_idempotent():
     once, _ = run_pass(EliminateCommonSubexpressionsPass(), io.from_text(DUPLICATES))
     _, changed = run_pass(EliminateCommonSubexpressionsPass(), once)
     assert changed is False
+
+
+def test_equal_values_with_different_bits_are_not_merged():
+    model = io.from_text("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2] x) => (float[2] y)
+<float[2] pos = {0.0, 1.0}, float[2] neg = {-0.0, 1.0}>
+{
+  a = Mul(x, pos)
+  b = Mul(x, neg)
+  y = Add(a, b)
+}
+""")
+    after, changed = run_pass(EliminateCommonSubexpressionsPass(), model)
+    assert changed is False
+    assert len(after.graph.initializers) == 2
+
+
+def test_large_equal_weights_are_merged():
+    import numpy as np
+    import onnx_ir as ir
+
+    from modelpress.ir.build import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", ir.DataType.FLOAT, [1, 4, 8, 8])
+    w = np.random.default_rng(0).standard_normal((64, 4, 3, 3)).astype(np.float32)
+    y1 = b.op("Conv", x, b.const(w, "w1"))
+    y2 = b.op("Conv", x, b.const(w.copy(), "w2"))
+    model = b.build([b.op("Add", y1, y2)])
+    after, changed = run_pass(EliminateCommonSubexpressionsPass(), model)
+    assert changed is True
+    assert ops(after) == {"Add": 1, "Conv": 1}
+    assert_equivalent(model, after, rtol=0.0)

@@ -12,6 +12,7 @@ import collections.abc
 import dataclasses
 import os
 import time
+import typing
 from pathlib import Path
 
 import onnx_ir as ir
@@ -136,14 +137,29 @@ def optimize_model(
 def optimize_file(
     source: str | os.PathLike,
     destination: str | os.PathLike,
-    **options,
+    *,
+    verify: bool = True,
+    rtol: float = DEFAULT_RTOL,
+    seeds: collections.abc.Sequence[int] = (0,),
+    dim_values: collections.abc.Mapping[str, int] | None = None,
+    **options: typing.Any,
 ) -> OptimizeReport:
     """Load ``source``, optimize it (see ``optimize_model``) and save it to ``destination``.
 
-    Nothing is written when loading, a pass or the numeric check fails.
+    The check runs on the staged output file itself (what is about to be published) against
+    the source file, so neither model is serialized twice. Nothing is written when loading,
+    a pass or the numeric check fails.
     """
+    start = time.perf_counter()
     model = io.load(source)
-    optimized, report = optimize_model(model, **options)
-    io.save(optimized, destination)
+    optimized, report = optimize_model(model, verify=False, rtol=rtol, **options)
+    del model  # the source file is the reference from here on: free its weights
+
+    def check(staged: Path) -> None:
+        report.comparison = compare_models(source, staged, seeds=seeds, dim_values=dim_values)
+        report.comparison.check(rtol, what="the optimized model")
+
+    io.save(optimized, destination, before_commit=check if verify else None)
+    report.seconds = time.perf_counter() - start
     report.input_path, report.output_path = str(source), str(Path(destination))
     return report

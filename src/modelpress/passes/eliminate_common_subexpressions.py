@@ -10,10 +10,18 @@ Two nodes are merged when they have the same op, attributes and inputs (onnx_ir'
 ``CommonSubexpressionEliminationPass``; non-deterministic ops are never merged). Initializers
 with identical dtype, shape and bytes are merged first, so that nodes reading equal weights
 become equal too. Graph outputs are kept distinct.
+
+Initializer merging is ours, not onnx_ir's ``DeduplicateHashedInitializersPass``: that pass
+hashes every tensor (about 1 s per 500 MB of weights, on every round). Here only tensors
+that share dtype and shape are candidates, a 4 KiB sample separates most of those, and only
+equal samples are compared in full. Main-graph initializers only; subgraph ones stay.
 """
 
 from __future__ import annotations
 
+import collections
+
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
@@ -30,9 +38,48 @@ class EliminateCommonSubexpressionsPass(ModelpressPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Deduplicate initializers, then run CSE; changed if either merged something."""
-        # No size limit: folded weights can be large and equal; hashing keeps memory bounded.
-        modified = common_passes.DeduplicateHashedInitializersPass(size_limit=1 << 62)(model).modified
+        modified = _merge_equal_initializers(model.graph)
         modified |= common_passes.CommonSubexpressionEliminationPass()(model).modified
         if modified:
             common_passes.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified)
+
+
+def _merge_equal_initializers(graph: ir.Graph) -> bool:
+    """Point every user of a duplicate initializer at its first equal twin; True if any."""
+    candidates: dict[tuple, list[ir.Value]] = collections.defaultdict(list)
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        if tensor.dtype == ir.DataType.STRING:
+            continue
+        candidates[(tensor.dtype, tuple(tensor.shape))].append(value)
+    merged = False
+    for values in candidates.values():
+        if len(values) < 2:
+            continue
+        by_sample: dict[bytes, list[tuple[ir.Value, np.ndarray]]] = collections.defaultdict(list)
+        for value in values:
+            array = value.const_value.numpy()  # type: ignore[union-attr]
+            flat = array.reshape(-1)
+            sample = flat[:: max(1, flat.size // 1024)][:1024].tobytes()
+            by_sample[sample].append((value, array))
+        for group in by_sample.values():
+            kept: list[tuple[ir.Value, np.ndarray]] = []
+            for value, array in group:
+                twin = next((k for k, a in kept if _same_bits(a, array)), None)
+                if twin is None:
+                    kept.append((value, array))
+                    continue
+                value.replace_all_uses_with(twin)
+                graph.initializers.pop(value.name)  # type: ignore[arg-type]
+                merged = True
+    return merged
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    # Bitwise, not numeric: 0.0 and -0.0 differ; NaNs with equal payloads are equal.
+    return bool(
+        np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8))
+    )

@@ -159,7 +159,9 @@ def compare_models(
     else:
         feed_list = [(None, f) for f in feeds]
     # One session alive at a time: no idle threads of one session steal cores from the other.
-    ref_outputs = _run_all(ref_model, [f for _, f in feed_list])
+    # A path or bytes goes to onnxruntime as is: no second serialization of the reference.
+    ref_source = ref_model if isinstance(reference, ir.Model) else reference
+    ref_outputs = _run_all(ref_source, [f for _, f in feed_list])
     cand_outputs = _run_all(candidate, [f for _, f in feed_list])
     diffs = []
     for (seed, _), ref, cand in zip(feed_list, ref_outputs, cand_outputs, strict=True):
