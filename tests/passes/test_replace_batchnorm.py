@@ -38,12 +38,12 @@ def _relu_bn(shape, dtype=F32, np_dtype=np.float32, opset=17, **attrs):
 
 def _assert_replaced(model, rtol=1e-5, dim_values=None):
     verify(model, full=True)
-    after, changed = run_pass(ReplaceBatchNormWithScalePass(), model)
+    after, changed = run_pass(ReplaceBatchNormWithScalePass(always=True), model)
     assert changed is True
     assert ops(after) == {"Relu": 1, "Mul": 1, "Add": 1}
     verify(after, full=True)
     assert_equivalent(model, after, seeds=(0, 1, 2), rtol=rtol, dim_values=dim_values)
-    _, again = run_pass(ReplaceBatchNormWithScalePass(), after)
+    _, again = run_pass(ReplaceBatchNormWithScalePass(always=True), after)
     assert again is False
     return after
 
@@ -57,7 +57,7 @@ def _typed(model, shape):
 
 
 def _assert_refused(model):
-    after, changed = run_pass(ReplaceBatchNormWithScalePass(), model)
+    after, changed = run_pass(ReplaceBatchNormWithScalePass(always=True), model)
     assert changed is False
     assert serialized(after) == serialized(model)
 
@@ -95,7 +95,7 @@ def test_new_names_never_collide():
     b, y = _relu_bn([2, 4, 6, 6])
     taken = b.op("Relu", b.const(rand(4, 1, 1), "BatchNormalization_6_scale"))
     model = b.build([b.op("Add", y, taken)])
-    after, changed = run_pass(ReplaceBatchNormWithScalePass(), model)
+    after, changed = run_pass(ReplaceBatchNormWithScalePass(always=True), model)
     assert changed is True
     verify(after, full=True)
     mul = next(n for n in after.graph if n.op_type == "Mul")
@@ -111,7 +111,7 @@ def test_only_batchnorms_that_could_not_be_folded_are_replaced():
     kept = b.op("BatchNormalization", b.op("Relu", folded), *_stats(b))
     model = b.build([kept])
     after = model.clone()
-    PassManager([FuseBatchNormPass(), ReplaceBatchNormWithScalePass()])(after)
+    PassManager([FuseBatchNormPass(), ReplaceBatchNormWithScalePass(always=True)])(after)
     assert ops(after) == {"Conv": 1, "Relu": 1, "Mul": 1, "Add": 1}
     verify(after, full=True)
     assert_equivalent(model, after, seeds=(0, 1, 2), rtol=1e-5)
@@ -180,3 +180,30 @@ def test_opset_6_is_refused():
     b = GraphBuilder(opset=6, ir_version=4)
     x = b.input("x", F32, [2, 4, 6, 6])
     _assert_refused(b.build([b.op("BatchNormalization", x, *_stats(b), is_test=1)]))
+
+
+def test_by_default_a_lone_batchnorm_is_kept_because_it_is_faster_than_mul_add():
+    b, y = _relu_bn([2, 4, 5, 5])
+    model = b.build([b.op("Relu", y)])
+    after, changed = run_pass(ReplaceBatchNormWithScalePass(), model)
+    assert changed is False
+    assert serialized(after) == serialized(model)
+
+
+@pytest.mark.parametrize("neighbour", ["Mul-after", "Add-after", "Sub-before"])
+def test_by_default_a_batchnorm_next_to_a_constant_affine_op_is_replaced(neighbour):
+    b = GraphBuilder()
+    x = b.input("x", F32, [2, 4, 5, 5])
+    h = b.op("Relu", x)
+    if neighbour == "Sub-before":
+        h = b.op("Sub", h, b.const(rand(4, 1, 1)))
+    y = b.op("BatchNormalization", h, *_stats(b))
+    if neighbour == "Mul-after":
+        y = b.op("Mul", y, b.const(rand(4, 1, 1)))
+    if neighbour == "Add-after":
+        y = b.op("Add", b.const(rand(4, 1, 1)), y)
+    model = b.build([b.op("Relu", y)])
+    after, changed = run_pass(ReplaceBatchNormWithScalePass(), model)
+    assert changed is True
+    assert "BatchNormalization" not in ops(after)
+    assert_equivalent(model, after, rtol=1e-5)

@@ -37,9 +37,10 @@ def build_example_cnn(seed: int = 0) -> ir.Model:
     """A small residual CNN as an exporter without optimizations would write it.
 
     It has what ``modelpress optimize`` removes or rewrites: Conv+BatchNorm pairs, a
-    BatchNorm after a residual Add (no producer to fold into: becomes Mul+Add "Scale"), an
-    Identity and an inference Dropout, shape arithmetic computed at run time, a Slice crop
-    after an activation, and a MatMul+Add classifier head.
+    Caffe-style BatchNorm + Scale (Mul, Add) after a residual Add (no producer to fold into:
+    the BN becomes Mul+Add and the four ops fold into one Mul and one Add), an Identity and an
+    inference Dropout, shape arithmetic computed at run time, a Slice crop after an
+    activation (moved ahead of it), and a MatMul+Add classifier head.
     """
     rng = np.random.default_rng(seed)
     b = GraphBuilder(opset=17)
@@ -49,6 +50,8 @@ def build_example_cnn(seed: int = 0) -> ir.Model:
     r = b.op("Identity", r)
     h = b.op("Add", h, r)
     h = _batchnorm(b, rng, h, 16, "block1.post_bn")  # standalone BN: no Conv right before it
+    h = b.op("Mul", h, b.const(rng.uniform(0.5, 1.5, (16, 1, 1)).astype(np.float32), "block1.scale.w"))
+    h = b.op("Add", h, b.const(rng.standard_normal((16, 1, 1)).astype(np.float32) * 0.1, "block1.scale.b"))
     h = b.op("Relu", h)
     h = b.op(
         "Slice",
