@@ -31,6 +31,7 @@ from modelpress.passes.eliminate_dead_code import EliminateDeadCodePass
 from modelpress.passes.eliminate_no_ops import EliminateNoOpsPass
 from modelpress.passes.fold_constant_chains import FoldConstantChainsPass
 from modelpress.passes.fold_constants import FoldConstantsPass
+from modelpress.passes.fold_reshape_shapes import FoldReshapeShapesPass
 from modelpress.passes.fuse_batchnorm import FuseBatchNormPass
 from modelpress.passes.fuse_conv_affine import FuseConvAffinePass
 from modelpress.passes.fuse_matmul_add import FuseMatMulAddPass
@@ -46,6 +47,7 @@ __all__ = ["DEFAULT_PASSES", "LEVELS", "ORT_PASSES", "PASSES", "TAIL_PASSES", "T
 DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
     (RemoveInitializerInputsPass, "basic"),
     (FoldConstantsPass, "basic"),
+    (FoldReshapeShapesPass, "basic"),
     (EliminateNoOpsPass, "basic"),
     (EliminateDeadCodePass, "basic"),
     (MergeTransposesReshapesPass, "basic"),
