@@ -21,7 +21,9 @@ def _unary_chain(*op_builders) -> ir.Model:
 NO_OPS = {
     "Identity": lambda b, h: b.op("Identity", h),
     "Dropout": lambda b, h: b.op("Dropout", h),
-    "Dropout-training-false": lambda b, h: b.op("Dropout", h, b.const(np.array(0.3, np.float32)), b.const(np.array(False))),
+    "Dropout-training-false": lambda b, h: b.op(
+        "Dropout", h, b.const(np.array(0.3, np.float32)), b.const(np.array(False))
+    ),
     "Add0": lambda b, h: b.op("Add", h, b.const(np.array(0.0, np.float32))),
     "Mul1": lambda b, h: b.op("Mul", h, b.const(np.array(1.0, np.float32))),
     "Sub0": lambda b, h: b.op("Sub", h, b.const(np.array(0.0, np.float32))),
@@ -30,7 +32,13 @@ NO_OPS = {
     "Transpose-identity": lambda b, h: b.op("Transpose", h, perm=[0, 1, 2]),
     "Reshape-same": lambda b, h: b.op("Reshape", h, b.const(np.array([2, 3, 4], np.int64))),
     "Reshape-0-and-minus1": lambda b, h: b.op("Reshape", h, b.const(np.array([0, 3, -1], np.int64))),
-    "Slice-all": lambda b, h: b.op("Slice", h, b.const(np.array([0], np.int64)), b.const(np.array([2**63 - 1], np.int64)), b.const(np.array([1], np.int64))),
+    "Slice-all": lambda b, h: b.op(
+        "Slice",
+        h,
+        b.const(np.array([0], np.int64)),
+        b.const(np.array([2**63 - 1], np.int64)),
+        b.const(np.array([1], np.int64)),
+    ),
     "Pad-zero": lambda b, h: b.op("Pad", h, b.const(np.zeros(6, np.int64))),
     "Expand-same": lambda b, h: b.op("Expand", h, b.const(np.array([2, 3, 4], np.int64))),
     "Concat-single": lambda b, h: b.op("Concat", h, axis=0),
@@ -64,11 +72,19 @@ NOT_NO_OPS = {
     "Cast-to-half": lambda b, h: b.op("Cast", h, to=ir.DataType.FLOAT16),
     "Transpose-real": lambda b, h: b.op("Transpose", h, perm=[0, 2, 1]),
     "Reshape-real": lambda b, h: b.op("Reshape", h, b.const(np.array([6, 4], np.int64))),
-    "Slice-part": lambda b, h: b.op("Slice", h, b.const(np.array([1], np.int64)), b.const(np.array([3], np.int64)), b.const(np.array([1], np.int64))),
+    "Slice-part": lambda b, h: b.op(
+        "Slice",
+        h,
+        b.const(np.array([1], np.int64)),
+        b.const(np.array([3], np.int64)),
+        b.const(np.array([1], np.int64)),
+    ),
     "Pad-nonzero": lambda b, h: b.op("Pad", h, b.const(np.array([0, 1, 0, 0, 0, 0], np.int64))),
     "Expand-real": lambda b, h: b.op("Expand", h, b.const(np.array([2, 2, 3, 4], np.int64))),
     "Concat-two": lambda b, h: b.op("Concat", h, h, axis=0),
-    "Dropout-training-true": lambda b, h: b.op("Dropout", h, b.const(np.array(0.0, np.float32)), b.const(np.array(True))),
+    "Dropout-training-true": lambda b, h: b.op(
+        "Dropout", h, b.const(np.array(0.0, np.float32)), b.const(np.array(True))
+    ),
 }
 
 

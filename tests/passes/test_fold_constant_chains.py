@@ -5,7 +5,14 @@ import pytest
 from modelpress.ir.build import GraphBuilder
 from modelpress.ir.verify import verify
 from modelpress.passes.fold_constant_chains import FoldConstantChainsPass
-from tests.testing import assert_equivalent, ops, run_pass, serialized
+from tests.testing import (
+    assert_equivalent,
+    assert_refused,
+    assert_rewrites,
+    ops,
+    run_pass,
+    serialized,
+)
 
 F32 = ir.DataType.FLOAT
 RNG = np.random.default_rng(0)
@@ -16,22 +23,11 @@ def rand(*shape, dtype=np.float32) -> np.ndarray:
 
 
 def _folds(model, expected_ops, *, rtol=1e-5):
-    """Run the pass; assert it changed, the op counts, validity, numbers and idempotence."""
-    verify(model, full=True)
-    after, changed = run_pass(FoldConstantChainsPass(), model)
-    assert changed is True
-    assert ops(after) == expected_ops
-    verify(after, full=True)
-    assert_equivalent(model, after, seeds=(0, 1, 2), rtol=rtol)
-    _, again = run_pass(FoldConstantChainsPass(), after)
-    assert again is False
-    return after
+    return assert_rewrites(FoldConstantChainsPass(), model, expected_ops, rtol=rtol)
 
 
 def _refused(model):
-    after, changed = run_pass(FoldConstantChainsPass(), model)
-    assert changed is False
-    assert serialized(after) == serialized(model)
+    assert_refused(FoldConstantChainsPass(), model)
 
 
 def _const(model, node_index, input_index):

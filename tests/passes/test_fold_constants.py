@@ -76,7 +76,9 @@ g (float[2,3] x) => (float[2,3] y)
 
 
 def test_dynamic_shapes_are_not_folded():
-    model = io.from_text(SHAPE_ARITHMETIC.replace("float[2,3,4] x", "float[N,3,4] x").replace("float[2,12] y", "float[N,12] y"))
+    model = io.from_text(
+        SHAPE_ARITHMETIC.replace("float[2,3,4] x", "float[N,3,4] x").replace("float[2,12] y", "float[N,12] y")
+    )
     after, changed = run_pass(FoldConstantsPass(), model)
     assert changed is False
     assert ops(after) == {"Concat": 1, "Gather": 1, "Reshape": 1, "Shape": 1}

@@ -5,7 +5,13 @@ import pytest
 from modelpress.ir.build import GraphBuilder
 from modelpress.ir.verify import verify
 from modelpress.passes.fuse_batchnorm import FuseBatchNormPass, batchnorm_scale_shift
-from tests.testing import assert_equivalent, ops, run_pass, serialized
+from tests.testing import (
+    assert_equivalent,
+    assert_refused,
+    assert_rewrites,
+    ops,
+    run_pass,
+)
 
 F32 = ir.DataType.FLOAT
 RNG = np.random.default_rng(0)
@@ -25,21 +31,11 @@ def _bn(b, h, channels=4, outputs=1, **attrs):
 
 
 def _assert_folds(model, expected):
-    verify(model, full=True)
-    after, changed = run_pass(FuseBatchNormPass(), model)
-    assert changed is True
-    assert ops(after) == expected
-    verify(after, full=True)
-    assert_equivalent(model, after, seeds=(0, 1, 2), rtol=1e-5)
-    _, again = run_pass(FuseBatchNormPass(), after)
-    assert again is False
-    return after
+    return assert_rewrites(FuseBatchNormPass(), model, expected)
 
 
 def _assert_refused(model):
-    after, changed = run_pass(FuseBatchNormPass(), model)
-    assert changed is False
-    assert serialized(after) == serialized(model)
+    assert_refused(FuseBatchNormPass(), model)
 
 
 def test_scale_shift_matches_the_batchnorm_formula():

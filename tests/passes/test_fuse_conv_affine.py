@@ -13,7 +13,14 @@ from modelpress.ir.verify import verify
 from modelpress.passes.base import PassManager
 from modelpress.passes.fuse_conv_affine import FuseConvAffinePass, channel_vector
 from modelpress.passes.registry import passes_for
-from tests.testing import assert_equivalent, ops, run_pass, serialized
+from tests.testing import (
+    assert_equivalent,
+    assert_refused,
+    assert_rewrites,
+    ops,
+    run_pass,
+    typed_outputs,
+)
 
 F32 = ir.DataType.FLOAT
 RNG = np.random.default_rng(0)
@@ -36,29 +43,15 @@ def _conv(b, x, c_in=3, c_out=4, bias=True, kernel=(3, 3), **attrs):
 
 
 def _assert_folds(model, expected, rtol=1e-5):
-    verify(model, full=True)
-    after, changed = run_pass(FuseConvAffinePass(), model)
-    assert changed is True
-    assert ops(after) == expected
-    verify(after, full=True)
-    assert_equivalent(model, after, seeds=(0, 1, 2), rtol=rtol)
-    _, again = run_pass(FuseConvAffinePass(), after)
-    assert again is False
-    return after
+    return assert_rewrites(FuseConvAffinePass(), model, expected, rtol=rtol)
 
 
 def _typed(model, shape):
-    """Give graph outputs that shape inference could not type (invalid models) a declared type."""
-    for value in model.graph.outputs:
-        value.type = value.type or ir.TensorType(F32)
-        value.shape = value.shape or ir.Shape(shape)
-    return model
+    return typed_outputs(model, shape)
 
 
 def _assert_refused(model):
-    after, changed = run_pass(FuseConvAffinePass(), model)
-    assert changed is False
-    assert serialized(after) == serialized(model)
+    assert_refused(FuseConvAffinePass(), model)
 
 
 # --- channel_vector: the per-channel broadcast rule, alone --------------------------------

@@ -3,9 +3,11 @@ import onnx_ir as ir
 import pytest
 
 from modelpress.ir.build import GraphBuilder
-from modelpress.ir.verify import verify
 from modelpress.passes.fuse_matmul_add import FuseMatMulAddPass
-from tests.testing import assert_equivalent, ops, run_pass, serialized
+from tests.testing import (
+    assert_refused,
+    assert_rewrites,
+)
 
 F32 = ir.DataType.FLOAT
 RNG = np.random.default_rng(0)
@@ -34,15 +36,7 @@ def _matmul_add(a_shape, c_shape, *, c_first=False, trans_a=False, trans_b=False
 
 
 def _assert_fused(model, dim_values=None):
-    verify(model, full=True)
-    after, changed = run_pass(FuseMatMulAddPass(), model)
-    assert changed is True
-    assert ops(after) == {"Gemm": 1}
-    verify(after, full=True)
-    assert_equivalent(model, after, seeds=(0, 1, 2), rtol=1e-5, dim_values=dim_values)
-    _, again = run_pass(FuseMatMulAddPass(), after)
-    assert again is False
-    return after
+    return assert_rewrites(FuseMatMulAddPass(), model, {"Gemm": 1}, dim_values=dim_values)
 
 
 @pytest.mark.parametrize("c_shape", [(5,), (1, 5), (2, 5), (2, 1), (1,), ()])
@@ -73,9 +67,7 @@ def test_transposes_become_gemm_attributes(trans_a, trans_b):
 
 
 def _assert_refused(model):
-    after, changed = run_pass(FuseMatMulAddPass(), model)
-    assert changed is False
-    assert serialized(after) == serialized(model)
+    assert_refused(FuseMatMulAddPass(), model)
 
 
 def test_batched_matmul_is_refused():

@@ -21,7 +21,9 @@ def _i64(*values):
 
 
 def test_cancelling_transposes_disappear():
-    model = _chain(lambda b, h: b.op("Transpose", h, perm=[0, 2, 1]), lambda b, h: b.op("Transpose", h, perm=[0, 2, 1]))
+    model = _chain(
+        lambda b, h: b.op("Transpose", h, perm=[0, 2, 1]), lambda b, h: b.op("Transpose", h, perm=[0, 2, 1])
+    )
     after, changed = run_pass(MergeTransposesReshapesPass(), model)
     assert changed is True
     assert ops(after) == {"Relu": 1, "Sigmoid": 1}
@@ -29,7 +31,9 @@ def test_cancelling_transposes_disappear():
 
 
 def test_two_transposes_merge_into_one():
-    model = _chain(lambda b, h: b.op("Transpose", h, perm=[1, 0, 2]), lambda b, h: b.op("Transpose", h, perm=[0, 2, 1]))
+    model = _chain(
+        lambda b, h: b.op("Transpose", h, perm=[1, 0, 2]), lambda b, h: b.op("Transpose", h, perm=[0, 2, 1])
+    )
     after, changed = run_pass(MergeTransposesReshapesPass(), model)
     assert changed is True
     assert ops(after) == {"Relu": 1, "Sigmoid": 1, "Transpose": 1}
@@ -37,7 +41,10 @@ def test_two_transposes_merge_into_one():
 
 
 def test_reshape_chain_merges():
-    model = _chain(lambda b, h: b.op("Reshape", h, b.const(_i64(6, 4))), lambda b, h: b.op("Reshape", h, b.const(_i64(4, 6))))
+    model = _chain(
+        lambda b, h: b.op("Reshape", h, b.const(_i64(6, 4))),
+        lambda b, h: b.op("Reshape", h, b.const(_i64(4, 6))),
+    )
     after, changed = run_pass(MergeTransposesReshapesPass(), model)
     assert changed is True
     assert ops(after) == {"Relu": 1, "Reshape": 1, "Sigmoid": 1}
@@ -45,7 +52,10 @@ def test_reshape_chain_merges():
 
 
 def test_unsqueeze_chain_merges():
-    model = _chain(lambda b, h: b.op("Unsqueeze", h, b.const(_i64(0))), lambda b, h: b.op("Unsqueeze", h, b.const(_i64(4))))
+    model = _chain(
+        lambda b, h: b.op("Unsqueeze", h, b.const(_i64(0))),
+        lambda b, h: b.op("Unsqueeze", h, b.const(_i64(4))),
+    )
     after, changed = run_pass(MergeTransposesReshapesPass(), model)
     assert changed is True
     assert ops(after) == {"Relu": 1, "Sigmoid": 1, "Unsqueeze": 1}
@@ -91,7 +101,9 @@ def test_transpose_with_two_consumers_is_not_merged():
 
 
 def test_idempotent():
-    model = _chain(lambda b, h: b.op("Transpose", h, perm=[1, 0, 2]), lambda b, h: b.op("Transpose", h, perm=[0, 2, 1]))
+    model = _chain(
+        lambda b, h: b.op("Transpose", h, perm=[1, 0, 2]), lambda b, h: b.op("Transpose", h, perm=[0, 2, 1])
+    )
     once, _ = run_pass(MergeTransposesReshapesPass(), model)
     _, changed = run_pass(MergeTransposesReshapesPass(), once)
     assert changed is False

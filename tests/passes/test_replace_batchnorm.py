@@ -7,7 +7,15 @@ from modelpress.ir.verify import verify
 from modelpress.passes.base import PassManager
 from modelpress.passes.fuse_batchnorm import FuseBatchNormPass
 from modelpress.passes.replace_batchnorm import ReplaceBatchNormWithScalePass
-from tests.testing import assert_equivalent, ops, run_pass, serialized
+from tests.testing import (
+    assert_equivalent,
+    assert_refused,
+    assert_rewrites,
+    ops,
+    run_pass,
+    serialized,
+    typed_outputs,
+)
 
 F32 = ir.DataType.FLOAT
 RNG = np.random.default_rng(0)
@@ -37,29 +45,18 @@ def _relu_bn(shape, dtype=F32, np_dtype=np.float32, opset=17, **attrs):
 
 
 def _assert_replaced(model, rtol=1e-5, dim_values=None):
-    verify(model, full=True)
-    after, changed = run_pass(ReplaceBatchNormWithScalePass(always=True), model)
-    assert changed is True
-    assert ops(after) == {"Relu": 1, "Mul": 1, "Add": 1}
-    verify(after, full=True)
-    assert_equivalent(model, after, seeds=(0, 1, 2), rtol=rtol, dim_values=dim_values)
-    _, again = run_pass(ReplaceBatchNormWithScalePass(always=True), after)
-    assert again is False
-    return after
+    expected = {"Relu": 1, "Mul": 1, "Add": 1}
+    return assert_rewrites(
+        ReplaceBatchNormWithScalePass(always=True), model, expected, rtol=rtol, dim_values=dim_values
+    )
 
 
 def _typed(model, shape):
-    """Give graph outputs that shape inference could not type (invalid models) a declared type."""
-    for value in model.graph.outputs:
-        value.type = value.type or ir.TensorType(F32)
-        value.shape = value.shape or ir.Shape(shape)
-    return model
+    return typed_outputs(model, shape)
 
 
 def _assert_refused(model):
-    after, changed = run_pass(ReplaceBatchNormWithScalePass(always=True), model)
-    assert changed is False
-    assert serialized(after) == serialized(model)
+    assert_refused(ReplaceBatchNormWithScalePass(always=True), model)
 
 
 @pytest.mark.parametrize(

@@ -126,9 +126,15 @@ class PassManager:
         """Run the passes on ``model`` in place; return one record per pass."""
         records = [PassRecord(_pass_name(p)) for p in self.passes]
         history: list[str] = []
+        # Every pass is idempotent (each has a test for it): a pass whose last run saw the
+        # model as it is now would change nothing, so the confirming round skips it.
+        version = 0
+        seen_version: dict[int, int] = {}
         for _ in range(self.max_rounds):
             round_changed = False
-            for pass_, record in zip(self.passes, records, strict=True):
+            for index, (pass_, record) in enumerate(zip(self.passes, records, strict=True)):
+                if seen_version.get(index) == version:
+                    continue
                 before = op_histogram(model)
                 start = time.perf_counter()
                 try:
@@ -143,10 +149,12 @@ class PassManager:
                 record.runs += 1
                 history.append(record.name)
                 if result.modified:
+                    version += 1
                     record.changed = round_changed = True
                     record.add(before, op_histogram(model))
                     for instrument in self.instruments:
                         instrument(pass_, model)
+                seen_version[index] = version
             if not round_changed:
                 break
         return records

@@ -22,7 +22,9 @@ ACTIVATIONS = {
     "LeakyRelu": lambda b, h: b.op("LeakyRelu", h, alpha=0.2),
     "Sigmoid": lambda b, h: b.op("Sigmoid", h),
     "Tanh": lambda b, h: b.op("Tanh", h),
-    "Clip": lambda b, h: b.op("Clip", h, b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32))),
+    "Clip": lambda b, h: b.op(
+        "Clip", h, b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32))
+    ),
     "HardSigmoid": lambda b, h: b.op("HardSigmoid", h, alpha=0.3, beta=0.4),
 }
 
