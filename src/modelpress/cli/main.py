@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from modelpress.cli._output import console, fail
 from modelpress.errors import ModelpressError, UsageError
 
 app = typer.Typer(
@@ -28,15 +28,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(error: ModelpressError) -> typer.Exit:
-    err_console.print(
-        f"[bold red]error[/] ({type(error).__name__}): {escape(str(error))}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(error.exit_code)
+# Each further verb lives in its own module under cli/ and adds itself with register(app),
+# called below (explicitly: nothing registers on import).
+_fail = fail
 
 
 @app.command()
@@ -224,6 +218,14 @@ def demo(
     except ModelpressError as e:
         raise _fail(e) from e
     _print_optimize_report(report)
+
+
+def _register_verbs() -> None:
+    for register in ():  # e.g. (protect.register, run.register): verbs kept in their own modules
+        register(app)
+
+
+_register_verbs()
 
 
 def main() -> None:
