@@ -156,12 +156,12 @@ class PassManager:
         # model as it is now would change nothing, so the confirming round skips it.
         version = 0
         seen_version: dict[int, int] = {}
+        ops_now = op_histogram(model)  # kept current: recounted only after a change
         for _ in range(self.max_rounds):
             round_changed = False
             for index, (pass_, record) in enumerate(zip(self.passes, records, strict=True)):
                 if seen_version.get(index) == version:
                     continue
-                before = op_histogram(model)
                 start = time.perf_counter()
                 try:
                     result = pass_(model)
@@ -177,7 +177,9 @@ class PassManager:
                 if result.modified:
                     version += 1
                     record.changed = round_changed = True
-                    record.add(before, op_histogram(model))
+                    ops_after = op_histogram(model)
+                    record.add(ops_now, ops_after)
+                    ops_now = ops_after
                     for instrument in self.instruments:
                         instrument(pass_, model)
                 seen_version[index] = version
