@@ -9,10 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.modelpress-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import modelpress" 2>/dev/null; then
-  echo "[setup] installing modelpress[torch,dev] into .venv (first time: a few minutes)"
+  echo "[setup] installing modelpress[torch,sklearn,dev] into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[torch,dev]"
+  .venv/bin/python -m pip install --quiet -e ".[torch,sklearn,dev]"
   echo "$want" > "$stamp"
 fi

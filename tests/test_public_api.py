@@ -10,6 +10,8 @@ from modelpress import errors
 
 PUBLIC_API = {
     "modelpress.errors": [
+        "CalibrationError",
+        "ConversionError",
         "InvalidModelError",
         "ModelLoadError",
         "ModelSaveError",
@@ -34,8 +36,9 @@ PUBLIC_API = {
     "modelpress.ir.verify": ["verify"],
     "modelpress.ir.stats": ["ModelStats", "ValueSummary", "count_nodes", "model_stats", "op_histogram"],
     "modelpress.runtime.feeds": ["DEFAULT_DIM", "MAX_FEED_ELEMENTS", "input_specs", "random_feeds"],
-    "modelpress.runtime.compare": ["Comparison", "OutputDiff", "compare_models", "run_model"],
+    "modelpress.runtime.compare": ["Comparison", "OutputDiff", "compare_models", "float_errors", "run_model"],
     "modelpress.runtime.session": ["LEVELS", "OptLevel", "create_session", "run_session"],
+    "modelpress.quantize": ["OutputError", "QuantSpec", "QuantizeReport", "quantize_file", "quantize_model"],
 }
 
 
@@ -58,6 +61,8 @@ def test_every_error_is_a_modelpress_error_with_its_exit_code():
         errors.PassError: 5,
         errors.NumericMismatchError: 6,
         errors.ProtectionError: 7,
+        errors.ConversionError: 8,
+        errors.CalibrationError: 9,
     }
     for cls, code in codes.items():
         assert issubclass(cls, errors.ModelpressError)

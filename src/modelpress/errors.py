@@ -8,6 +8,8 @@ what was found, and how to fix it. The CLI maps each class to an exit code.
 from __future__ import annotations
 
 __all__ = [
+    "CalibrationError",
+    "ConversionError",
     "InvalidModelError",
     "ModelLoadError",
     "ModelSaveError",
@@ -87,3 +89,22 @@ class ProtectionError(ModelpressError):
     """Encryption, decryption or de-obfuscation failed (wrong key, tampered file)."""
 
     exit_code = 7
+
+
+class ConversionError(ModelpressError):
+    """A source model (PyTorch, scikit-learn) could not be converted to ONNX.
+
+    The message names the operator or estimator the exporter refused and how to work around it.
+    """
+
+    exit_code = 8
+
+
+class CalibrationError(ModelpressError):
+    """Calibration data for quantization is missing, unreadable or does not fit the model.
+
+    The message names the folder or file, the model input, what was expected and what was
+    found (shape, dtype, NaN/Inf).
+    """
+
+    exit_code = 9

@@ -2,7 +2,8 @@
 
 Only this module prints or exits. Library errors (``ModelpressError``) become a one-line red
 message on stderr and the error class's exit code (2 usage, 3 unreadable model, 4/5 pass
-failures, 6 numeric mismatch, 7 protection); anything else is a bug and keeps its traceback.
+failures, 6 numeric mismatch, 7 protection, 8 conversion, 9 calibration data); anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from modelpress.errors import ModelpressError, UsageError
 
 app = typer.Typer(
     name="modelpress",
-    help="Take a trained model to deployment: inspect, optimize and verify ONNX models.",
+    help="Take a trained model to deployment: convert, optimize, quantize, protect and run ONNX models, "
+    "each step verified on onnxruntime.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -221,8 +223,11 @@ def demo(
 
 
 def _register_verbs() -> None:
-    for register in ():  # e.g. (protect.register, run.register): verbs kept in their own modules
-        register(app)
+    from modelpress.cli import convert, protect, quantize, run
+
+    verbs = (convert, protect, run, quantize)  # verbs kept in their own modules
+    for verb in verbs:
+        verb.register(app)
 
 
 _register_verbs()

@@ -29,7 +29,7 @@ from modelpress.ir import io
 from modelpress.runtime.feeds import random_feeds
 from modelpress.runtime.session import OptLevel, create_session, run_session
 
-__all__ = ["Comparison", "OutputDiff", "compare_models", "run_model"]
+__all__ = ["Comparison", "OutputDiff", "compare_models", "float_errors", "run_model"]
 
 Feeds = collections.abc.Mapping[str, np.ndarray]
 
@@ -213,10 +213,20 @@ def _diff(name: str, seed: int | None, ref: object, cand: object) -> OutputDiff:
 
 def _float_diff(name: str, seed: int | None, ref: np.ndarray, cand: np.ndarray) -> OutputDiff:
     """Errors of float (or complex) arrays of one shape, in float64."""
+    max_abs, max_rel, index, note = float_errors(ref, cand)
+    return OutputDiff(name, seed, max_abs, max_rel, index, note)
+
+
+def float_errors(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, tuple[int, ...] | None, str]:
+    """``(max_abs, max_rel, index of max_abs, note)`` of two float arrays of one shape.
+
+    The measures of this module's docstring: NaNs must sit at the same positions (then they
+    match, as do equal infinities); ``max_rel`` is relative to the largest finite ``|ref|``.
+    """
     ref_nan, cand_nan = np.isnan(ref), np.isnan(cand)
     if (ref_nan != cand_nan).any():
         index = tuple(int(i) for i in np.argwhere(ref_nan != cand_nan)[0])
-        return OutputDiff(name, seed, math.inf, math.inf, index, "NaN at different positions")
+        return math.inf, math.inf, index, "NaN at different positions"
     same = ref_nan | (np.isinf(ref) & (ref == cand))  # equal infinities and NaN pairs match
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(cand - ref).astype(np.float64)
@@ -227,5 +237,4 @@ def _float_diff(name: str, seed: int | None, ref: np.ndarray, cand: np.ndarray) 
     finite_ref = np.abs(ref[np.isfinite(ref)])
     scale = float(finite_ref.max()) if finite_ref.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    index = tuple(int(i) for i in np.unravel_index(flat, err.shape))
-    return OutputDiff(name, seed, max_abs, max_rel, index)
+    return max_abs, max_rel, tuple(int(i) for i in np.unravel_index(flat, err.shape)), ""

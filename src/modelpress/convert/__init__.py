@@ -1,0 +1,22 @@
+"""Conversion of trained models to ONNX: PyTorch (legacy TorchScript exporter) and scikit-learn (skl2onnx).
+
+``convert_file`` resolves the source (``module:factory`` or a saved file, pickles only when
+trusted), exports it at opset 17 with a dynamic batch, verifies the ONNX model on onnxruntime
+against the source framework on seeded example inputs, and writes it atomically. torch,
+scikit-learn and skl2onnx are optional extras, imported only when a source needs them.
+"""
+
+from __future__ import annotations
+
+from modelpress.convert.source import InputSpec, load_source, parse_input_spec
+from modelpress.convert.workflow import DEFAULT_RTOL, PROBABILITY_ATOL, ConversionReport, convert_file
+
+__all__ = [
+    "DEFAULT_RTOL",
+    "PROBABILITY_ATOL",
+    "ConversionReport",
+    "InputSpec",
+    "convert_file",
+    "load_source",
+    "parse_input_spec",
+]

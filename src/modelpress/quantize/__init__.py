@@ -1,0 +1,12 @@
+"""Post-training quantization: static int8 QDQ with streaming calibration, weight-only int8.
+
+Policy lives in ``spec.py`` (``QuantSpec``); the mechanism in ``plan.py`` (what gets Q/DQ),
+``observers.py`` (streaming range observers), ``calibrate.py`` (running the model on data),
+``data.py`` (``--calib DIR`` files), ``qdq.py`` (the graph rewrite) and ``workflow.py``.
+"""
+
+from modelpress.quantize.report import OutputError, QuantizeReport
+from modelpress.quantize.spec import QuantSpec
+from modelpress.quantize.workflow import quantize_file, quantize_model
+
+__all__ = ["OutputError", "QuantSpec", "QuantizeReport", "quantize_file", "quantize_model"]

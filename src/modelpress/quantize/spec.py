@@ -1,0 +1,192 @@
+"""The quantization policy: what is quantized, to which dtypes, with which scheme and calibrator.
+
+This module decides; ``plan.py``, ``calibrate.py``, ``observers.py`` and ``qdq.py`` carry the
+decision out (the split of PyTorch's ``quantizer/`` from ``prepare.py``).
+
+Scheme (linear quantization, ``x_float = (x_int - zero_point) * scale``):
+
+* weights: int8, symmetric (zero point 0, range ``[-127, 127]``; ``[-63, 63]`` with
+  ``reduce_range``), per output channel by default (per-tensor with ``per_channel=False``).
+  Symmetric because onnxruntime's integer kernels take per-channel weights only with a zero
+  zero-point; the level -128 is left unused so that ``-w`` and ``w`` quantize alike;
+* activations: per-tensor, asymmetric, ``uint8`` (default) or ``int8``, range from calibration
+  widened to include 0 so that zero padding is exact;
+* Conv/Gemm bias: int32 with ``scale = x_scale * w_scale`` and zero point 0 (see ``qdq.py``).
+
+Per-target default of the activation dtype. x86 has one 8-bit dot-product instruction family,
+and it multiplies *unsigned* by *signed* bytes: ``vpmaddubsw`` on AVX2, ``vpdpbusd`` with
+AVX512-VNNI / AVX-VNNI. onnxruntime's fast x86 kernels are therefore U8S8 (uint8
+activations, int8 weights); int8 activations (S8S8) take slower paths, worst on AVX2 CPUs
+without VNNI (onnxruntime's own quantization guide says to avoid S8S8 there). So the default
+on x86-64 is ``uint8`` activations, VNNI or not (``bench/quantize_vs_ort.py`` times both).
+On ARM64 the ``sdot``/``smmla`` instructions are signed: the default there is ``int8``.
+
+``reduce_range`` (7-bit weights) exists because ``vpmaddubsw`` on AVX2 without VNNI adds two
+u8*s8 products into a *saturating* int16: ``255 * 127 * 2`` overflows. It costs accuracy and
+saturation needs two adjacent near-maximal products, so it stays opt-in (onnxruntime's
+quantizer makes the same choice); VNNI accumulates in int32 and never saturates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import typing
+from pathlib import Path
+
+from modelpress.errors import UsageError
+
+__all__ = [
+    "CALIBRATORS",
+    "DEFAULT_OP_TYPES",
+    "MODES",
+    "OP_ROLES",
+    "QuantSpec",
+    "cpu_has_vnni",
+    "default_activation_dtype",
+]
+
+Mode = typing.Literal["static", "weight-only"]
+MODES: tuple[str, ...] = ("static", "weight-only")
+CALIBRATORS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+ACTIVATION_DTYPES: tuple[str, ...] = ("uint8", "int8")
+
+# What each quantizable op type does with quantized tensors (how plan.py treats it):
+# "compute"    weights quantized offline, activations Q/DQ'd: onnxruntime fuses
+#              DQ -> op -> Q into QLinearConv / QGemm / QLinearMatMul (MatMulIntegerToFloat
+#              when the output stays float);
+# "activation" Relu/Clip right after a quantized op are absorbed by the Q that follows them
+#              (onnxruntime's Relu/ClipQuantFusion: a uint8 range starting at 0 clamps alike);
+# "shared"     data movement: the output reuses the input's scale and zero point, so
+#              onnxruntime runs the op on the integers directly (its DropQDQ rules);
+# "requant"    arithmetic with an integer kernel and its own output range (QLinearAdd,
+#              QLinearGlobalAveragePool, QLinearAveragePool, QLinearConcat, QLinearMul).
+OP_ROLES: dict[str, str] = {
+    "Conv": "compute",
+    "Gemm": "compute",
+    "MatMul": "compute",
+    "Relu": "activation",
+    "Clip": "activation",
+    "MaxPool": "shared",
+    "Reshape": "shared",
+    "Flatten": "shared",
+    "Transpose": "shared",
+    "Squeeze": "shared",
+    "Unsqueeze": "shared",
+    "Add": "requant",
+    "Mul": "requant",
+    "GlobalAveragePool": "requant",
+    "AveragePool": "requant",
+    "Concat": "requant",
+}
+# Mul is known but off by default: in transformers it scales by constants (GELU, attention)
+# where a quantized Mul adds error and no speed.
+DEFAULT_OP_TYPES: frozenset[str] = frozenset(OP_ROLES) - {"Mul"}
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has an x86 VNNI extension (AVX512-VNNI, AVX-VNNI or AMX-INT8).
+
+    Args:
+        cpuinfo: Text of ``/proc/cpuinfo`` (read from the host when None; False off Linux).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def default_activation_dtype(machine: str | None = None) -> str:
+    """``uint8`` on x86-64 (U8S8 kernels, see the module docstring), ``int8`` elsewhere."""
+    machine = (machine or platform.machine()).lower()
+    return "uint8" if machine in ("x86_64", "amd64", "i686", "x86") else "int8"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """What to quantize and how.
+
+    Attributes:
+        mode: ``static`` (weights and activations, needs calibration data) or
+            ``weight-only`` (weights int8 + DequantizeLinear, activations stay float: a
+            smaller model, not a faster one).
+        activation_dtype: ``uint8`` or ``int8`` activations (default per CPU, see above).
+        weight_dtype: Only ``int8`` for now.
+        per_channel: One scale per output channel of Conv/Gemm/MatMul weights.
+        symmetric_weights: Zero-point-0 weights; asymmetric weights are not implemented.
+        reduce_range: 7-bit weights (``[-63, 63]``), for AVX2 CPUs without VNNI.
+        calibrator: How activation ranges come from calibration data: ``minmax``,
+            ``percentile``, ``entropy`` (KL divergence) or ``mse``.
+        percentile: The percentile of the ``percentile`` calibrator (two-tailed).
+        histogram_bins: Bins of the streaming histogram (all calibrators but minmax).
+        op_types: The op types to quantize (keys of ``OP_ROLES``).
+        exclude_nodes: Node names kept in float.
+    """
+
+    mode: Mode = "static"
+    activation_dtype: str = dataclasses.field(default_factory=default_activation_dtype)
+    weight_dtype: str = "int8"
+    per_channel: bool = True
+    symmetric_weights: bool = True
+    reduce_range: bool = False
+    calibrator: str = "minmax"
+    percentile: float = 99.999
+    histogram_bins: int = 2048
+    op_types: frozenset[str] = DEFAULT_OP_TYPES
+    exclude_nodes: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        """Reject unknown or unsupported settings with a message that lists the choices."""
+        _choose("mode", self.mode, MODES)
+        _choose("activation dtype", self.activation_dtype, ACTIVATION_DTYPES)
+        _choose("weight dtype", self.weight_dtype, ("int8",))
+        _choose("calibrator", self.calibrator, CALIBRATORS)
+        if not self.symmetric_weights:
+            raise UsageError("asymmetric weights are not implemented; use symmetric weights (the default)")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UsageError(f"percentile {self.percentile} must be in (50, 100], e.g. 99.999")
+        if self.histogram_bins < 256:
+            raise UsageError(f"histogram_bins {self.histogram_bins} must be >= 256 (one per 8-bit level)")
+        unknown = sorted(set(self.op_types) - set(OP_ROLES))
+        if unknown:
+            raise UsageError(
+                f"cannot quantize op type(s) {', '.join(unknown)}; known: {', '.join(sorted(OP_ROLES))}"
+            )
+        object.__setattr__(self, "op_types", frozenset(self.op_types))
+        object.__setattr__(self, "exclude_nodes", frozenset(self.exclude_nodes))
+
+    @property
+    def weight_qmax(self) -> int:
+        """Largest weight level: 127, or 63 with ``reduce_range``."""
+        return 63 if self.reduce_range else 127
+
+    def role(self, op_type: str) -> str | None:
+        """The role of ``op_type`` under this spec (see ``OP_ROLES``), None when not quantized.
+
+        In weight-only mode only compute ops (their weights) are quantized.
+        """
+        if op_type not in self.op_types:
+            return None
+        role = OP_ROLES[op_type]
+        if self.mode == "weight-only" and role != "compute":
+            return None
+        return role
+
+    def to_json(self) -> dict[str, object]:
+        """The settings as JSON values (sets sorted)."""
+        data = dataclasses.asdict(self)
+        data["op_types"] = sorted(self.op_types)
+        data["exclude_nodes"] = sorted(self.exclude_nodes)
+        return data
+
+
+def _choose(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {what} '{value}'; choose one of: {', '.join(choices)}")

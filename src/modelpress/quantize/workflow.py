@@ -1,0 +1,264 @@
+"""``quantize``: plan, calibrate, insert Q/DQ, check the result on onnxruntime, write atomically.
+
+Static int8 (``mode="static"``): weights int8 per channel, activations uint8/int8 per tensor
+from streamed calibration, int32 biases; the QDQ model onnxruntime fuses into QLinearConv /
+QGemm / QLinearMatMul at ``ORT_ENABLE_ALL``. Weight-only int8 (``mode="weight-only"``):
+Conv/Gemm/MatMul weights int8 + DequantizeLinear, activations float, no calibration.
+
+The input model is never modified, and the destination is written only after the staged file
+loaded in onnxruntime at ``ORT_ENABLE_ALL`` and its error against the float model was measured
+(on the calibration data, or on random feeds for weight-only without data).
+
+Refused up front (``PreconditionError``): models that are already quantized (QuantizeLinear,
+DequantizeLinear, QLinear*, *Integer*, QGemm, MatMulNBits ... present), opset < 13 (per-axis
+QuantizeLinear needs 13; ``upgrade_opset=True`` converts the model first), and models with
+nothing to quantize (no float32 Conv/Gemm/MatMul with constant weights).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from modelpress.errors import PreconditionError, UsageError
+from modelpress.ir import io
+from modelpress.ir.stats import model_stats, op_histogram
+from modelpress.quantize.calibrate import observe, observer_range
+from modelpress.quantize.data import CalibrationData
+from modelpress.quantize.plan import build_plan
+from modelpress.quantize.qdq import apply_plan
+from modelpress.quantize.report import QuantizeReport, measure_errors, runtime_ops
+from modelpress.quantize.spec import QuantSpec
+from modelpress.runtime.feeds import random_feeds
+
+__all__ = ["MIN_OPSET", "quantize_file", "quantize_model"]
+
+# QuantizeLinear/DequantizeLinear take a per-axis scale (and the axis attribute) from opset 13.
+MIN_OPSET = 13
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QGemm",
+        "MatMulNBits",
+        "DynamicQuantizeMatMul",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "GatherBlockQuantized",
+    }
+)
+Feeds = collections.abc.Mapping[str, np.ndarray]
+# progress(phase, samples just done, total samples of the phase or None when unknown)
+Progress = collections.abc.Callable[[str, int, int | None], None]
+
+
+def quantize_model(
+    model: ir.Model,
+    spec: QuantSpec,
+    *,
+    samples: collections.abc.Iterable[Feeds] | None = None,
+    upgrade_opset: bool = False,
+    progress: Progress | None = None,
+) -> tuple[ir.Model, QuantizeReport]:
+    """Quantize a copy of ``model`` following ``spec``.
+
+    Args:
+        model: The float model; it is not modified.
+        spec: What and how to quantize.
+        samples: Calibration feeds (required in static mode), iterated once.
+        upgrade_opset: Convert a model below opset 13 to 13 instead of refusing it.
+        progress: Called as ``progress("calibrate", samples_in_batch, total)`` after each batch.
+
+    Returns:
+        The quantized model and a report without output errors (see ``quantize_file``).
+
+    Raises:
+        PreconditionError: already quantized, opset too old, or nothing to quantize.
+        UsageError: static mode without samples.
+        CalibrationError: bad calibration data (see ``calibrate.observe``).
+    """
+    start = time.perf_counter()
+    _check_not_quantized(model)
+    work = model.clone()
+    _check_opset(work, upgrade_opset)
+    common_passes.ShapeInferencePass()(work)  # the plan reads dtypes of intermediate tensors
+    plan = build_plan(work, spec)
+    if not plan.weights:
+        reasons = "; ".join(f"{node}: {why}" for node, why in list(plan.skipped.items())[:5])
+        raise PreconditionError(
+            "nothing to quantize: no float32 Conv/Gemm/MatMul with constant weights"
+            + (f" ({reasons})" if reasons else "")
+            + "; only float32 models are quantized"
+        )
+    report = QuantizeReport(
+        mode=spec.mode,
+        spec=spec.to_json(),
+        op_counts=plan.op_counts(work),
+        skipped=dict(plan.skipped),
+        inserted={},
+        ops_before=op_histogram(model),
+        ops_after={},
+        weight_bytes_before=model_stats(model).weight_bytes,
+        weight_bytes_after=0,
+    )
+    batchnorms = report.ops_before.get("BatchNormalization", 0)
+    if batchnorms:
+        report.notes.append(
+            f"{batchnorms} BatchNormalization node(s) stay float between quantized ops; run "
+            "`modelpress optimize` first to fold them into the Convs"
+        )
+    ranges: dict[str, tuple[float, float]] = {}
+    if spec.mode == "static":
+        if samples is None:
+            raise UsageError("static quantization needs calibration data: pass --calib DIR (.npy/.npz files)")
+        calibration_start = time.perf_counter()
+        total = _sample_total(samples)
+
+        def counted(size: int) -> None:
+            report.calibration_samples += size
+            if progress is not None:
+                progress("calibrate", size, total)
+
+        observers = observe(work, samples, plan.calibration_targets, spec, on_batch=counted)
+        ranges = {name: observer_range(obs, spec) for name, obs in observers.items()}
+        del observers
+        report.calibration_seconds = time.perf_counter() - calibration_start
+    stats = apply_plan(work, plan, ranges, spec)
+    report.inserted = {
+        "activation_qdq_pairs": stats.activations,
+        "int8_weights": stats.weights,
+        "int32_biases": stats.biases,
+        "clipped_bias_values": stats.clipped_bias_values,
+    }
+    report.ops_after = op_histogram(work)
+    report.weight_bytes_after = model_stats(work).weight_bytes
+    report.seconds = time.perf_counter() - start
+    return work, report
+
+
+def quantize_file(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    spec: QuantSpec,
+    *,
+    calib_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    samples: collections.abc.Iterable[Feeds] | None = None,
+    upgrade_opset: bool = False,
+    evaluate: bool = True,
+    progress: Progress | None = None,
+) -> QuantizeReport:
+    """Load ``source``, quantize it (see ``quantize_model``) and save it atomically to ``destination``.
+
+    Args:
+        source: Float ONNX model.
+        destination: Where to write the quantized model.
+        spec: What and how to quantize.
+        calib_dir: Folder of ``.npy``/``.npz`` calibration files (see ``quantize.data``).
+        num_samples: Use at most this many calibration samples.
+        samples: Feeds to use instead of ``calib_dir``; must be re-iterable (a list), as they
+            serve calibration and then the error measurement.
+        upgrade_opset: Convert a model below opset 13 instead of refusing it.
+        evaluate: Measure the output error (always loads the result in onnxruntime).
+        progress: ``progress(phase, samples, total)`` with phase ``calibrate`` or ``evaluate``.
+
+    Raises:
+        UsageError: both or (static mode) neither of ``calib_dir`` and ``samples``, or
+            ``samples`` is a one-shot iterator.
+        CalibrationError, PreconditionError, ModelLoadError, ModelSaveError: nothing written.
+    """
+    start = time.perf_counter()
+    if calib_dir is not None and samples is not None:
+        raise UsageError("pass calibration data either as a folder or as samples, not both")
+    if samples is not None and iter(samples) is samples:
+        raise UsageError(
+            "samples must be re-iterable (e.g. a list): they serve calibration and the error check"
+        )
+    model = io.load(source)
+    data = CalibrationData(calib_dir, model, num_samples=num_samples) if calib_dir is not None else samples
+    if data is not None and num_samples is not None and calib_dir is None:
+        data = _first_samples(data, num_samples)
+    quantized, report = quantize_model(
+        model, spec, samples=data, upgrade_opset=upgrade_opset, progress=progress
+    )
+    eval_data = data if data is not None else [random_feeds(model, seed) for seed in (0, 1, 2)]
+    report.eval_data = "calibration data" if data is not None else "random feeds (seeds 0, 1, 2)"
+    del model
+
+    def check(staged: Path) -> None:
+        report.runtime_ops = runtime_ops(staged)
+        if evaluate:
+            total = _sample_total(eval_data)
+            on_batch = (lambda n: progress("evaluate", n, total)) if progress is not None else None
+            report.errors, report.eval_samples = measure_errors(source, staged, eval_data, on_batch=on_batch)
+
+    io.save(quantized, destination, before_commit=check)
+    report.file_bytes_before = _file_bytes(Path(source))
+    report.file_bytes_after = _file_bytes(Path(destination))
+    report.input_path, report.output_path = str(source), str(destination)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_not_quantized(model: ir.Model) -> None:
+    for node in model.graph.all_nodes():
+        op = node.op_type
+        if op in _QUANTIZED_OPS or op.startswith("QLinear") or "Integer" in op:
+            raise PreconditionError(
+                f"the model is already quantized: node '{node.name}' is a {op}; quantize the float "
+                "model it came from instead"
+            )
+
+
+def _check_opset(model: ir.Model, upgrade: bool) -> None:
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    if opset >= MIN_OPSET:
+        return
+    if not upgrade:
+        raise PreconditionError(
+            f"the model uses opset {opset}; quantization needs opset >= {MIN_OPSET} (per-channel "
+            "QuantizeLinear/DequantizeLinear); pass --upgrade-opset to convert it first"
+        )
+    from onnxscript import version_converter
+
+    try:
+        version_converter.convert_version(model, target_version=MIN_OPSET, fallback=True)
+    except Exception as e:  # the converters raise plain exceptions for unsupported ops
+        raise PreconditionError(
+            f"cannot upgrade the model from opset {opset} to {MIN_OPSET}: {e}; "
+            f"re-export it at opset >= {MIN_OPSET}"
+        ) from e
+
+
+def _first_samples(samples: collections.abc.Iterable[Feeds], limit: int) -> list[Feeds]:
+    chosen, left = [], limit
+    for feeds in samples:
+        size = len(next(iter(feeds.values())))
+        chosen.append({k: v[:left] for k, v in feeds.items()} if size > left else feeds)
+        left -= min(size, left)
+        if left == 0:
+            break
+    return chosen
+
+
+def _sample_total(samples: object) -> int | None:
+    """Samples in ``samples`` when known without reading files, else None."""
+    if isinstance(samples, CalibrationData):
+        return len(samples)
+    if isinstance(samples, collections.abc.Sequence):
+        return sum(
+            len(next(iter(f.values()))) if f and np.ndim(next(iter(f.values()))) else 1 for f in samples
+        )
+    return None
+
+
+def _file_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

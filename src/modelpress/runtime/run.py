@@ -1,0 +1,158 @@
+"""Run a model file, plain (``.onnx``) or encrypted (``.mpe``), on given inputs.
+
+This is the library side of ``modelpress run``. An encrypted file is recognized by its
+signature (not its extension), decrypted in memory with ``modelpress.protect`` and handed to
+onnxruntime as bytes: its plaintext never touches the disk. A plain file is validated with
+``modelpress.ir.io.load`` (it is untrusted input) and opened by path, so external data works.
+Arrays are read from ``.npy`` files without ever unpickling, and outputs are written
+atomically as ``.npy`` (one output) or ``.npz`` (any number).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from modelpress.errors import ProtectionError, UsageError
+from modelpress.ir import io
+from modelpress.protect.encrypt import decrypt_model_bytes, is_encrypted
+from modelpress.protect.keys import Key
+from modelpress.runtime.session import OptLevel, create_session, run_session
+
+__all__ = ["load_array", "open_model_session", "run_model_file", "save_outputs"]
+
+Arrays = collections.abc.Mapping[str, np.ndarray]
+
+
+def open_model_session(
+    path: str | os.PathLike,
+    key: Key | None = None,
+    *,
+    level: OptLevel = "all",
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An onnxruntime session for a model file; ``.mpe`` files are decrypted in memory.
+
+    Args:
+        path: A plain ONNX file or an encrypted ``.mpe`` file.
+        key: The key of an encrypted file (bytes or a ``KeySource``); ignored for plain files.
+        level: onnxruntime graph optimization level (``all`` for deployment).
+        threads: intra-op threads (None lets onnxruntime choose).
+
+    Raises:
+        ProtectionError: the file is encrypted and no key, a wrong key or a damaged file was given.
+        ModelLoadError: the (decrypted) model cannot be read or loaded by onnxruntime.
+    """
+    if is_encrypted(path):
+        if key is None:
+            raise ProtectionError(
+                f"{path}: the model is encrypted (.mpe); give its key with --key-file or --key-env"
+            )
+        return create_session(decrypt_model_bytes(path, key), level=level, threads=threads)
+    io.load(path)
+    return create_session(path, level=level, threads=threads)
+
+
+def run_model_file(
+    path: str | os.PathLike,
+    inputs: collections.abc.Sequence[np.ndarray] | Arrays = (),
+    key: Key | None = None,
+    *,
+    named: Arrays | None = None,
+    level: OptLevel = "all",
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Run a model file once and return every output by name.
+
+    Args:
+        path: A plain ONNX file or an encrypted ``.mpe`` file.
+        inputs: Arrays for the model's inputs in order (a sequence), or by name (a mapping).
+        key: The key of an encrypted file.
+        named: Arrays by input name; positional ``inputs`` then fill the remaining inputs in
+            the model's order (like ``f(*inputs, **named)``).
+        level: onnxruntime graph optimization level.
+        threads: intra-op threads (None lets onnxruntime choose).
+
+    Raises:
+        UsageError: an input name is unknown, too many or too few arrays were given.
+        ProtectionError: see ``open_model_session``.
+        ModelLoadError: the model cannot be loaded.
+        InvalidModelError: onnxruntime failed while running (wrong dtype or shape of a feed).
+    """
+    session = open_model_session(path, key, level=level, threads=threads)
+    names = [value.name for value in session.get_inputs()]
+    if isinstance(inputs, collections.abc.Mapping):
+        named, inputs = {**inputs, **(named or {})}, ()
+    feeds = _bind(names, list(inputs), dict(named or {}))
+    return {name: np.asarray(value) for name, value in run_session(session, feeds).items()}
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """Read one array from a ``.npy`` file; pickled (object) arrays are refused, never loaded.
+
+    Raises:
+        UsageError: the file is missing, not a ``.npy`` array, or holds Python objects.
+    """
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such input file") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(
+            f"{path}: not a readable .npy array ({e}); save inputs with numpy.save (no Python objects)"
+        ) from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise UsageError(f"{path}: holds several arrays (.npz); give one .npy file per input")
+    return array
+
+
+def save_outputs(outputs: Arrays, path: str | os.PathLike) -> Path:
+    """Write outputs atomically: ``.npy`` for exactly one output, ``.npz`` for any number.
+
+    Raises:
+        UsageError: the suffix is neither ``.npy`` nor ``.npz``, ``.npy`` was asked for several
+            outputs, or the file cannot be written.
+    """
+    dest = Path(path)
+    if dest.suffix not in (".npy", ".npz"):
+        raise UsageError(f"{dest}: outputs are written as .npy (one output) or .npz; use one of those")
+    if dest.suffix == ".npy" and len(outputs) != 1:
+        raise UsageError(
+            f"{dest}: the model has {len(outputs)} outputs ({', '.join(outputs)}); a .npy holds one, use .npz"
+        )
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp") as tmp:
+            staged = Path(tmp) / dest.name
+            with staged.open("wb") as file:
+                if dest.suffix == ".npy":
+                    np.save(file, next(iter(outputs.values())), allow_pickle=False)
+                else:
+                    np.savez(file, **outputs)
+            os.replace(staged, dest)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{dest}: cannot write the outputs: {e}") from e
+    return dest
+
+
+def _bind(
+    names: list[str], positional: list[np.ndarray], named: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    unknown = [name for name in named if name not in names]
+    if unknown:
+        raise UsageError(
+            f"the model has no input named {', '.join(unknown)}; its inputs are {', '.join(names) or 'none'}"
+        )
+    free = [name for name in names if name not in named]
+    if len(positional) > len(free):
+        raise UsageError(
+            f"{len(positional)} unnamed inputs given, but only {len(free)} model inputs are left to fill "
+            f"({', '.join(free) or 'none'}); name them as NAME=FILE"
+        )
+    return {**named, **dict(zip(free[: len(positional)], positional, strict=True))}
