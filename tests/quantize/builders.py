@@ -1,0 +1,91 @@
+"""Small float models for the quantization tests, built with modelpress's GraphBuilder."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from modelpress.ir.build import GraphBuilder
+
+FLOAT = ir.DataType.FLOAT
+
+
+def _conv_weights(rng: np.random.Generator, c_out: int, c_in: int, k: int = 3) -> np.ndarray:
+    return (rng.standard_normal((c_out, c_in, k, k)) * (2 / (c_in * k * k)) ** 0.5).astype(np.float32)
+
+
+def conv_relu(opset: int = 17) -> ir.Model:
+    """x[N,3,8,8] -> Conv(4, 3x3, bias) -> Relu -> y (a quantized graph output)."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", FLOAT, ["N", 3, 8, 8])
+    conv = b.op(
+        "Conv",
+        x,
+        b.const(_conv_weights(rng, 4, 3), "w"),
+        b.const(rng.standard_normal(4) * 0.1, "b"),
+        pads=[1, 1, 1, 1],
+    )
+    y = b.op("Relu", conv)
+    y.name = "y"
+    return b.build([y])
+
+
+def small_cnn(seed: int = 0) -> ir.Model:
+    """A residual CNN whose output is a Conv+Relu (so the output has its own scale).
+
+    x[N,3,16,16] -> Conv1+Relu (a) -> Conv2 -> Add(a) -> Relu -> MaxPool 2x2 -> Conv3+Relu -> y[N,8,8,8]
+    """
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", FLOAT, ["N", 3, 16, 16])
+    bias = lambda n, name: b.const(rng.standard_normal(n) * 0.1, name)  # noqa: E731
+    a = b.op(
+        "Relu", b.op("Conv", x, b.const(_conv_weights(rng, 8, 3), "w1"), bias(8, "b1"), pads=[1, 1, 1, 1])
+    )
+    h = b.op("Conv", a, b.const(_conv_weights(rng, 8, 8), "w2"), bias(8, "b2"), pads=[1, 1, 1, 1])
+    h = b.op("Relu", b.op("Add", h, a))
+    h = b.op("MaxPool", h, kernel_shape=[2, 2], strides=[2, 2])
+    y = b.op(
+        "Relu", b.op("Conv", h, b.const(_conv_weights(rng, 8, 8), "w3"), bias(8, "b3"), pads=[1, 1, 1, 1])
+    )
+    y.name = "y"
+    return b.build([y])
+
+
+def classifier(seed: int = 0) -> ir.Model:
+    """x[N,3,8,8] -> Conv+Relu -> GlobalAveragePool -> Flatten -> Gemm(transB) -> logits, plus a MatMul head."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", FLOAT, ["N", 3, 8, 8])
+    h = b.op(
+        "Relu",
+        b.op(
+            "Conv", x, b.const(_conv_weights(rng, 16, 3), "w1"), b.const(rng.standard_normal(16) * 0.1, "b1")
+        ),
+    )
+    h = b.op("Flatten", b.op("GlobalAveragePool", h), axis=1)
+    logits = b.op(
+        "Gemm",
+        h,
+        b.const(rng.standard_normal((10, 16)).astype(np.float32), "fc_w"),
+        b.const(rng.standard_normal(10) * 0.1, "fc_b"),
+        transB=1,
+    )
+    logits.name = "logits"
+    embedding = b.op("MatMul", h, b.const(rng.standard_normal((16, 4)).astype(np.float32), "proj_w"))
+    embedding.name = "embedding"
+    return b.build([logits, embedding])
+
+
+def samples(model: ir.Model, count: int = 8, batch: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds: ``count`` batches of ``batch`` standard-normal inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for value in model.graph.inputs:
+            shape = [batch if not isinstance(d, int) else d for d in value.shape]
+            feed[value.name] = rng.standard_normal(shape).astype(np.float32)
+        feeds.append(feed)
+    return feeds
