@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import typing
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from modelpress.cli._output import console, fail
+from modelpress.cli._output import console, emit, fail
 from modelpress.errors import ModelpressError
 
 if typing.TYPE_CHECKING:
@@ -78,10 +77,7 @@ def convert(
             )
     except ModelpressError as e:
         raise fail(e) from e
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2))
-        return
-    _print_report(report)
+    emit(report, as_json, _print_report)
 
 
 def _print_report(report: ConversionReport) -> None:

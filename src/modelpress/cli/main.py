@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from modelpress.cli._output import console, fail
+from modelpress.cli._output import console, emit, fail
 from modelpress.errors import ModelpressError, UsageError
 
 app = typer.Typer(
@@ -140,10 +140,7 @@ def optimize(
             )
     except ModelpressError as e:
         raise _fail(e) from e
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2))
-        return
-    _print_optimize_report(report)
+    emit(report, as_json, _print_optimize_report)
 
 
 def _print_optimize_report(report: Any) -> None:
@@ -223,9 +220,9 @@ def demo(
 
 
 def _register_verbs() -> None:
-    from modelpress.cli import convert, protect, quantize, run
+    from modelpress.cli import convert, package, protect, quantize, run
 
-    verbs = (convert, protect, run, quantize)  # verbs kept in their own modules
+    verbs = (convert, protect, run, quantize, package)  # verbs kept in their own modules
     for verb in verbs:
         verb.register(app)
 

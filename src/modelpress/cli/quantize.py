@@ -9,7 +9,6 @@ model, 9 bad calibration data); nothing is written on failure.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from modelpress.cli._output import console, err_console, fail
+from modelpress.cli._output import console, emit, err_console, fail
 from modelpress.errors import ModelpressError
 
 __all__ = ["quantize", "register"]
@@ -94,10 +93,7 @@ def quantize(
             )
     except ModelpressError as e:
         raise fail(e) from e
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2))
-        return
-    _print_report(report)
+    emit(report, as_json, _print_report)
 
 
 @contextlib.contextmanager
