@@ -17,6 +17,7 @@ PUBLIC_API = {
         "ModelSaveError",
         "ModelpressError",
         "NumericMismatchError",
+        "PackageError",
         "PassError",
         "PostconditionError",
         "PreconditionError",
@@ -63,6 +64,7 @@ def test_every_error_is_a_modelpress_error_with_its_exit_code():
         errors.ProtectionError: 7,
         errors.ConversionError: 8,
         errors.CalibrationError: 9,
+        errors.PackageError: 10,
     }
     for cls, code in codes.items():
         assert issubclass(cls, errors.ModelpressError)

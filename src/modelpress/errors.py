@@ -15,6 +15,7 @@ __all__ = [
     "ModelSaveError",
     "ModelpressError",
     "NumericMismatchError",
+    "PackageError",
     "PassError",
     "PostconditionError",
     "PreconditionError",
@@ -108,3 +109,14 @@ class CalibrationError(ModelpressError):
     """
 
     exit_code = 9
+
+
+class PackageError(ModelpressError):
+    """A deployment package is incomplete, altered or malformed.
+
+    Raised when a file the manifest lists is missing or its size or sha256 differs (tampered or
+    corrupted), when the folder holds files the manifest does not list, or when the manifest is
+    not valid JSON, fails its own digest, or has a format version this modelpress cannot read.
+    """
+
+    exit_code = 10

@@ -2,15 +2,18 @@
 
 The damage tests work on a small model cut into 1 KiB chunks (about a dozen chunks), so that
 flips, truncations and chunk moves hit every part of the container: magic, version, header
-fields, header tag, each chunk's ciphertext and tag, chunk boundaries.
+fields, header tag, each chunk's ciphertext and tag, chunk boundaries. They run on both
+container versions: 1 (the model inline) and 2 (graph and weights apart).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import pathlib
 import stat
+import struct
 
 import numpy as np
 import onnx_ir as ir
@@ -22,7 +25,13 @@ from modelpress.ir import io
 from modelpress.ir.build import GraphBuilder
 from modelpress.protect import encrypt as encrypt_module
 from modelpress.protect import keys as keys_module
-from modelpress.protect.encrypt import decrypt_model_bytes, encrypt_model, load_encrypted, read_header
+from modelpress.protect.encrypt import (
+    decrypt_model,
+    decrypt_model_bytes,
+    encrypt_model,
+    load_encrypted,
+    read_header,
+)
 from modelpress.protect.keys import KeySource, generate_key, key_id
 from modelpress.runtime.session import create_session, run_session
 
@@ -45,12 +54,12 @@ def key() -> bytes:
     return generate_key()
 
 
-@pytest.fixture(scope="module")
-def sealed(tmp_path_factory, key) -> tuple[bytes, bytes]:
-    """(plaintext, .mpe bytes) of the small model in 1 KiB chunks."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["v1", "v2"])
+def sealed(request, tmp_path_factory, key) -> tuple[bytes, bytes]:
+    """(serialized model, .mpe bytes) of the small model in 1 KiB chunks, in each format version."""
     model = _model()
     path = tmp_path_factory.mktemp("mpe") / "model.mpe"
-    encrypt_model(model, path, key, chunk_bytes=CHUNK)
+    encrypt_model(model, path, key, chunk_bytes=CHUNK, format_version=request.param)
     return io.to_bytes(model), path.read_bytes()
 
 
@@ -99,7 +108,7 @@ def test_model_path_with_external_data_is_encrypted_with_weights_inlined(tmp_pat
     header = encrypt_model(source, tmp_path / "out" / "model.mpe", key)
     plaintext = decrypt_model_bytes(tmp_path / "out" / "model.mpe", key)
     assert plaintext == io.to_bytes(io.load(source))
-    assert header.plaintext_bytes == len(plaintext)
+    assert header.plaintext_bytes >= len(plaintext) - 2 * 12 * 32  # no longer than the graph
     io.load(plaintext)  # stands alone: no base_dir, no external data needed
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.mpe"]
 
@@ -107,9 +116,10 @@ def test_model_path_with_external_data_is_encrypted_with_weights_inlined(tmp_pat
 def test_header_describes_the_file(sealed, key):
     plaintext, data = sealed
     header = read_header(data)
-    assert (header.version, header.cipher, header.chunk_bytes) == (1, 1, CHUNK)
-    assert header.plaintext_bytes == len(plaintext)
-    assert header.chunk_count == -(-len(plaintext) // CHUNK)
+    assert header.version in (1, 2) and (header.cipher, header.chunk_bytes) == (1, CHUNK)
+    if header.version == 1:
+        assert header.plaintext_bytes == len(plaintext)
+    assert header.chunk_count == -(-header.plaintext_bytes // CHUNK)
     assert header.key_id.hex() == key_id(key)
     assert data[:8] == protect.encrypt.MAGIC
 
@@ -352,8 +362,10 @@ def test_not_an_mpe_file(tmp_path, key):
 
 def test_unsupported_version_and_cipher(sealed, key):
     data = bytearray(sealed[1])
-    data[8:10] = (2).to_bytes(2, "big")
-    _rejected(bytes(data), key, "version 2 is not supported")
+    data[8:10] = (3).to_bytes(2, "big")
+    _rejected(bytes(data), key, "version 3 is not supported")
+    data[8:10] = (3 - read_header(sealed[1]).version).to_bytes(2, "big")  # 1 <-> 2: a supported one
+    _rejected(bytes(data), key, "header failed authentication")
     data = bytearray(sealed[1])
     data[10] = 7
     _rejected(bytes(data), key, "unsupported cipher id 7")
@@ -421,7 +433,8 @@ def test_chunks_reordered_dropped_or_duplicated(sealed, key):
 
 
 def test_header_or_chunks_from_another_file_with_the_same_key(tmp_path, sealed, key):
-    encrypt_model(_model(), tmp_path / "other.mpe", key, chunk_bytes=CHUNK)
+    version = read_header(sealed[1]).version
+    encrypt_model(_model(), tmp_path / "other.mpe", key, chunk_bytes=CHUNK, format_version=version)
     other = (tmp_path / "other.mpe").read_bytes()
     assert len(other) == len(sealed[1]) and other[:PREFIX] != sealed[1][:PREFIX]
     assert decrypt_model_bytes(other, key) == sealed[0]
@@ -440,6 +453,103 @@ def test_a_damaged_file_on_disk_loads_nothing(tmp_path, sealed, key):
     (tmp_path / "m.mpe").write_bytes(bytes(damaged))
     with pytest.raises(ProtectionError, match="failed authentication"):
         load_encrypted(tmp_path / "m.mpe", key)
+
+
+# --- version 2: graph and weights apart, weights used in place -----------------------------
+
+
+def test_version_2_is_the_default_and_weights_are_aligned_read_only_views(tmp_path, key):
+    model = _model(3)
+    header = encrypt_model(model, tmp_path / "m.mpe", key)
+    assert header.version == protect.FORMAT_VERSION == 2
+    decrypted = decrypt_model(tmp_path / "m.mpe", key)
+    weights = decrypted.external_initializers
+    assert sorted(weights) == ["w1", "w2"]
+    assert len(decrypted.model_bytes) < 1024  # the graph alone
+    for name, array in weights.items():
+        np.testing.assert_array_equal(array, model.graph.initializers[name].const_value.numpy())
+        assert not array.flags.writeable and not array.flags.owndata
+        assert array.ctypes.data % 64 == 0
+    assert weights["w1"].base is not None  # a view of the decrypted buffer
+
+
+def test_version_1_files_still_load_through_decrypt_model(tmp_path, key):
+    model = _model(4)
+    encrypt_model(model, tmp_path / "m.mpe", key, format_version=1)
+    decrypted = decrypt_model(tmp_path / "m.mpe", key)
+    assert decrypted.external_initializers == {}
+    assert decrypted.model_bytes == io.to_bytes(model)
+    with pytest.raises(UsageError, match="format version 3"):
+        encrypt_model(model, tmp_path / "n.mpe", key, format_version=3)
+
+
+def test_session_keeps_the_decrypted_buffer_alive(tmp_path, key):
+    model = _model(5)
+    encrypt_model(model, tmp_path / "m.mpe", key)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 32), dtype=np.float32)}
+    expected = run_session(create_session(model, level="all"), feeds)
+    decrypted = decrypt_model(tmp_path / "m.mpe", key)
+    session = create_session(
+        decrypted.model_bytes, level="all", external_initializers=decrypted.external_initializers
+    )
+    del decrypted
+    gc.collect()
+    for _ in range(3):
+        np.testing.assert_array_equal(run_session(session, feeds)[next(iter(expected))], *expected.values())
+
+
+def _sealed_plaintext(tmp_path, key, plaintext: bytes) -> pathlib.Path:
+    """An authentic version 2 file around any plaintext (what only a key holder can make)."""
+    path = tmp_path / "crafted.mpe"
+    with path.open("wb") as file:
+        encrypt_module._write_container(file, plaintext, key, CHUNK, 2)
+    return path
+
+
+def _v2_plaintext(graph: bytes, weights: bytes) -> bytes:
+    head = struct.pack(">Q", len(graph)) + graph
+    return head + bytes(-len(head) % 64) + weights
+
+
+def _split_model(**external: str) -> tuple[bytes, bytes]:
+    """The small model's v2 graph and weights, with w1's external-data entries overridden."""
+    import onnx
+
+    graph, weights = io.to_split_bytes(_model())
+    proto = onnx.ModelProto.FromString(graph)
+    for tensor in proto.graph.initializer:
+        if tensor.name == "w1":
+            for entry in tensor.external_data:
+                entry.value = external.get(entry.key, entry.value)
+    return proto.SerializeToString(), weights
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"offset": "8"}, "aligned"),
+        ({"offset": str(10**9)}, "reads bytes"),
+        ({"length": "12"}, "reads bytes"),
+        ({"offset": "x"}, "reads bytes"),
+        ({"location": "../../etc/passwd"}, "not in the weights buffer"),
+    ],
+)
+def test_malformed_version_2_plaintext_is_a_load_error(tmp_path, key, override, match):
+    path = _sealed_plaintext(tmp_path, key, _v2_plaintext(*_split_model(**override)))
+    with pytest.raises(ModelLoadError, match=match):
+        decrypt_model(path, key)
+    with pytest.raises(ModelLoadError, match=match):
+        decrypt_model_bytes(path, key)
+
+
+def test_version_2_graph_length_out_of_range_is_a_load_error(tmp_path, key):
+    graph, weights = _split_model()
+    for plaintext in (struct.pack(">Q", 10**6) + graph, b"\x00" * 4):
+        with pytest.raises(ModelLoadError, match=r"graph's length|not an ONNX model"):
+            decrypt_model(_sealed_plaintext(tmp_path, key, plaintext), key)
+    assert decrypt_model_bytes(_sealed_plaintext(tmp_path, key, _v2_plaintext(graph, weights)), key) == (
+        io.to_bytes(_model())
+    )
 
 
 # --- nothing in plaintext on disk ---------------------------------------------------------
@@ -493,7 +603,9 @@ PUBLIC_API = {
         "DEFAULT_CHUNK_BYTES",
         "FORMAT_VERSION",
         "MAGIC",
+        "DecryptedModel",
         "MpeHeader",
+        "decrypt_model",
         "decrypt_model_bytes",
         "encrypt_model",
         "is_encrypted",
@@ -510,7 +622,13 @@ PUBLIC_API = {
         "resolve_key",
         "write_key_file",
     ],
-    "modelpress.runtime.run": ["load_array", "open_model_session", "run_model_file", "save_outputs"],
+    "modelpress.runtime.run": [
+        "bind_inputs",
+        "load_array",
+        "open_model_session",
+        "run_model_file",
+        "save_outputs",
+    ],
 }
 
 

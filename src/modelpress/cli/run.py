@@ -4,24 +4,36 @@ Inputs are ``--input FILE.npy`` (bound to the model's inputs in order) or ``--in
 NAME=FILE.npy``; unnamed ones fill the inputs not named, in order. Without ``-o`` the outputs
 are printed as JSON on stdout (and nothing else is); ``-o OUT.npy`` writes the single output,
 ``-o OUT.npz`` all of them.
+
+Given a package folder (``modelpress package``), every file is checked against its manifest
+first (exit code 10 when one differs); raw inputs then go through the package's
+pre-processing, the model and its post-processing. An input whose pipeline starts with
+``decode_image`` takes encoded image files (``--input image=cat.jpg``, repeat the name for a
+batch); every other input takes ``.npy`` files.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from modelpress.cli._output import console, fail
 from modelpress.cli.protect import KEY_ENV_HELP, KEY_FILE_HELP, key_source
-from modelpress.errors import ModelpressError
+from modelpress.errors import ModelpressError, UsageError
+
+if TYPE_CHECKING:
+    from modelpress.pipeline import Pipeline
 
 __all__ = ["register"]
 
-_INPUT_HELP = "Input array: FILE.npy (model inputs in order) or NAME=FILE.npy. Repeatable."
+_INPUT_HELP = (
+    "Input: FILE.npy (model inputs in order) or NAME=FILE.npy; for a package, NAME=IMAGE for inputs "
+    "whose pipeline decodes images (repeat for a batch). Repeatable."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +42,12 @@ def register(app: typer.Typer) -> None:
 
 
 def run(
-    model: Annotated[Path, typer.Argument(help="Model file: plain ONNX, or encrypted .mpe (needs its key).")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="Model file (plain ONNX, or encrypted .mpe: needs its key), or a package folder."
+        ),
+    ],
     inputs: Annotated[list[str] | None, typer.Option("--input", "-i", help=_INPUT_HELP)] = None,
     key_file: Annotated[Path | None, typer.Option("--key-file", help=KEY_FILE_HELP)] = None,
     key_env: Annotated[str | None, typer.Option("--key-env", help=KEY_ENV_HELP)] = None,
@@ -41,19 +58,25 @@ def run(
         str, typer.Option(help="onnxruntime optimization level: disable|basic|extended|all.")
     ] = "all",
 ) -> None:
-    """Run a model once; an encrypted .mpe model is decrypted in memory, never on disk."""
+    """Run a model or a package once; an encrypted .mpe model is decrypted in memory, never on disk."""
+    from modelpress.package import load_package
     from modelpress.runtime.run import load_array, run_model_file, save_outputs
 
     try:
-        positional, named = [], {}
-        for spec in inputs or []:
-            name, file = _split_input(spec)
-            if name is None:
-                positional.append(load_array(file))
-            else:
-                named[name] = load_array(file)
         key = key_source(key_file, key_env, required=False)
-        outputs = run_model_file(model, positional, key, named=named, level=level)  # type: ignore[arg-type]
+        if model.is_dir():
+            package = load_package(model)
+            positional, named = _package_inputs(inputs or [], package.pipeline)
+            outputs = package.run(positional, key, named=named, level=level)  # type: ignore[arg-type]
+        else:
+            positional, named = [], {}
+            for spec in inputs or []:
+                name, file = _split_input(spec)
+                if name is None:
+                    positional.append(load_array(file))
+                else:
+                    named[name] = load_array(file)
+            outputs = run_model_file(model, positional, key, named=named, level=level)  # type: ignore[arg-type]
         if output is not None:
             written = save_outputs(outputs, output)
     except ModelpressError as e:
@@ -76,3 +99,42 @@ def _split_input(spec: str) -> tuple[str | None, str]:
     if sep and name and "/" not in name and "\\" not in name and file:
         return name, file
     return None, spec
+
+
+def _package_inputs(specs: list[str], pipeline: Pipeline | None) -> tuple[list[object], dict[str, object]]:
+    """Read ``--input`` specs for a package: ``.npy`` arrays, or encoded images for image inputs.
+
+    Raises:
+        UsageError: an image file for an input that does not decode images, or an array input
+            given twice.
+    """
+    from modelpress.pipeline.preprocess import DecodeImageStep
+    from modelpress.runtime.run import load_array
+
+    positional: list[object] = []
+    named: dict[str, object] = {}
+    for spec in specs:
+        name, file = _split_input(spec)
+        steps = pipeline.inputs.get(name, []) if pipeline is not None and name is not None else []
+        if steps and isinstance(steps[0], DecodeImageStep):
+            images = named.setdefault(name, [])
+            images.append(_read_bytes(file))  # type: ignore[union-attr]
+        elif Path(file).suffix != ".npy":
+            raise UsageError(
+                f"--input {spec}: give a .npy array; encoded images are taken as NAME=FILE by inputs "
+                "whose pipeline starts with decode_image"
+            )
+        elif name is None:
+            positional.append(load_array(file))
+        elif name in named:
+            raise UsageError(f"--input {spec}: input '{name}' is given twice")
+        else:
+            named[name] = load_array(file)
+    return positional, named
+
+
+def _read_bytes(file: str) -> bytes:
+    try:
+        return Path(file).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{file}: cannot read the input file: {e}") from e

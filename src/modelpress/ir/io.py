@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.descriptor import FieldDescriptor
@@ -174,6 +175,122 @@ def to_bytes(model: ir.Model) -> bytes:
             "and load it by path"
         )
     return proto.SerializeToString()
+
+
+# Split serialization (``to_split_bytes``): the external-data location that names the weights
+# buffer, and the alignment of every tensor in it (a cache line; enough for any dtype).
+WEIGHTS_BUFFER_LOCATION = "<modelpress weights buffer>"
+_WEIGHTS_ALIGN = 64
+
+
+def to_split_bytes(model: ir.Model, *, min_bytes: int = 1024) -> tuple[bytes, bytes]:
+    """Serialize a model as (graph, weights): the graph with its large weights moved out.
+
+    Top-level initializers of ``min_bytes`` or more go to one weights buffer, each at an offset
+    aligned to 64 bytes; in the graph they become external tensors whose location is
+    ``WEIGHTS_BUFFER_LOCATION`` and whose offset and length point into that buffer. onnxruntime
+    then parses only the small graph and takes the weights as views of the buffer
+    (``buffer_weights``), instead of copying and parsing them out of a protobuf.
+    ``join_split_bytes`` turns the pair back into exactly ``to_bytes(model)``.
+
+    Not part of the pinned ``__all__``: the split layout serves ``modelpress.protect`` only.
+
+    Raises:
+        ModelSaveError: the graph alone is too large for one protobuf.
+    """
+    with _external_inlined(model):
+        proto = ir.to_proto(model)
+    pieces: list[bytes] = []
+    offset = 0
+    for tensor in proto.graph.initializer:
+        if len(tensor.raw_data) < min_bytes:
+            continue
+        padding = -offset % _WEIGHTS_ALIGN
+        pieces += [bytes(padding), tensor.raw_data]
+        offset += padding
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        entries = {"location": WEIGHTS_BUFFER_LOCATION, "offset": offset, "length": len(pieces[-1])}
+        for key, value in entries.items():
+            tensor.external_data.add(key=key, value=str(value))
+        tensor.ClearField("raw_data")
+        offset += len(pieces[-1])
+    if proto.ByteSize() >= PROTOBUF_LIMIT_BYTES:
+        raise ModelSaveError("<bytes>: the graph without its weights is over protobuf's 2 GiB limit")
+    return proto.SerializeToString(), b"".join(pieces)
+
+
+def buffer_weights(graph: bytes, weights: memoryview) -> dict[str, np.ndarray]:
+    """Read-only arrays over ``weights`` for every tensor of ``graph`` kept in the buffer (no copy).
+
+    ``graph`` and ``weights`` are what ``to_split_bytes`` wrote. Every external reference is
+    checked: only top-level initializers may point at the buffer, never at a file; each lies
+    inside the buffer, aligned, and holds exactly the bytes its dtype and dims declare.
+
+    Raises:
+        ModelLoadError: the graph does not parse, or a reference breaks one of these rules.
+    """
+    proto = _parse_bytes(graph, "<graph>")
+    _check_structure(proto, "<graph>")
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in proto.graph.initializer:
+        if not _is_external(tensor):
+            continue
+        name = tensor.name or "<unnamed>"
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        if info.get("location") != WEIGHTS_BUFFER_LOCATION or name in arrays:
+            raise ModelLoadError(
+                f"<graph>: initializer '{name}' has external data in '{info.get('location')}', not in "
+                "the weights buffer, or is named twice: the model is corrupt"
+            )
+        arrays[name] = _buffer_view(tensor, info, weights)
+    if sum(_is_external(tensor) for tensor in _proto_tensors(proto)) != len(arrays):
+        raise ModelLoadError(
+            "<graph>: a tensor other than a top-level initializer has external data; only "
+            "top-level initializers may live in the weights buffer: the model is corrupt"
+        )
+    return arrays
+
+
+def join_split_bytes(graph: bytes, weights: memoryview) -> bytes:
+    """The inverse of ``to_split_bytes``: the serialized model with every weight inline again.
+
+    Raises:
+        ModelLoadError: as ``buffer_weights``.
+    """
+    arrays = buffer_weights(graph, weights)
+    proto = _parse_bytes(graph, "<graph>")
+    for tensor in proto.graph.initializer:
+        if tensor.name in arrays and _is_external(tensor):
+            tensor.raw_data = arrays[tensor.name].tobytes()
+            tensor.ClearField("data_location")
+            tensor.ClearField("external_data")
+    return proto.SerializeToString()
+
+
+def _buffer_view(tensor: onnx.TensorProto, info: dict[str, str], weights: memoryview) -> np.ndarray:
+    name, dims = tensor.name, list(tensor.dims)
+    bits = _BITS.get(tensor.data_type)
+    try:
+        offset, length = int(info["offset"]), int(info["length"])
+    except (KeyError, ValueError):
+        offset = length = -1
+    if bits is None or bits % 8 or any(d < 0 for d in dims):
+        raise ModelLoadError(
+            f"<graph>: tensor '{name}' (data type {tensor.data_type}, dims {dims}) cannot live in the "
+            "weights buffer: the model is corrupt"
+        )
+    expected = math.prod(dims) * bits // 8
+    if offset < 0 or offset % _WEIGHTS_ALIGN or length != expected or offset + length > len(weights):
+        raise ModelLoadError(
+            f"<graph>: tensor '{name}' reads bytes {offset}..{offset + length} of a {len(weights)}-byte "
+            f"weights buffer (needs {expected} bytes at a {_WEIGHTS_ALIGN}-aligned offset): the model "
+            "is corrupt"
+        )
+    dtype = ir.DataType(tensor.data_type).numpy()
+    array = np.frombuffer(weights, dtype=dtype, count=expected // dtype.itemsize, offset=offset).reshape(dims)
+    array.flags.writeable = False
+    return array
 
 
 def save(

@@ -1,8 +1,9 @@
 """Run a model file, plain (``.onnx``) or encrypted (``.mpe``), on given inputs.
 
 This is the library side of ``modelpress run``. An encrypted file is recognized by its
-signature (not its extension), decrypted in memory with ``modelpress.protect`` and handed to
-onnxruntime as bytes: its plaintext never touches the disk. A plain file is validated with
+signature (not its extension) and decrypted in memory with ``modelpress.protect``: onnxruntime
+gets the graph as bytes and the weights as views of the decrypted buffer (no copy), and the
+plaintext never touches the disk. A plain file is validated with
 ``modelpress.ir.io.load`` (it is untrusted input) and opened by path, so external data works.
 Arrays are read from ``.npy`` files without ever unpickling, and outputs are written
 atomically as ``.npy`` (one output) or ``.npz`` (any number).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import collections.abc
 import os
 import tempfile
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +22,53 @@ import onnxruntime as ort
 
 from modelpress.errors import ProtectionError, UsageError
 from modelpress.ir import io
-from modelpress.protect.encrypt import decrypt_model_bytes, is_encrypted
+from modelpress.protect.encrypt import MAGIC, decrypt_model, is_encrypted
 from modelpress.protect.keys import Key
 from modelpress.runtime.session import OptLevel, create_session, run_session
 
-__all__ = ["load_array", "open_model_session", "run_model_file", "save_outputs"]
+__all__ = ["bind_inputs", "load_array", "open_model_session", "run_model_file", "save_outputs"]
 
 Arrays = collections.abc.Mapping[str, np.ndarray]
 
 
 def open_model_session(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes,
     key: Key | None = None,
     *,
     level: OptLevel = "all",
     threads: int | None = None,
+    where: str | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime session for a model file; ``.mpe`` files are decrypted in memory.
 
     Args:
-        path: A plain ONNX file or an encrypted ``.mpe`` file.
+        path: A plain ONNX file or an encrypted ``.mpe`` file, or the bytes of either (a
+            package passes the bytes it has just verified, so that what runs is what was hashed).
         key: The key of an encrypted file (bytes or a ``KeySource``); ignored for plain files.
         level: onnxruntime graph optimization level (``all`` for deployment).
         threads: intra-op threads (None lets onnxruntime choose).
+        where: The name used in messages (defaults to the path, or ``<bytes>``).
 
     Raises:
         ProtectionError: the file is encrypted and no key, a wrong key or a damaged file was given.
         ModelLoadError: the (decrypted) model cannot be read or loaded by onnxruntime.
     """
-    if is_encrypted(path):
+    if isinstance(path, bytes):
+        where, encrypted = where or "<bytes>", path.startswith(MAGIC)
+    else:
+        where, encrypted = where or str(path), is_encrypted(path)
+    if encrypted:
         if key is None:
             raise ProtectionError(
-                f"{path}: the model is encrypted (.mpe); give its key with --key-file or --key-env"
+                f"{where}: the model is encrypted (.mpe); give its key with --key-file or --key-env"
             )
-        return create_session(decrypt_model_bytes(path, key), level=level, threads=threads)
+        decrypted = decrypt_model(path, key)
+        return create_session(
+            decrypted.model_bytes,
+            level=level,
+            threads=threads,
+            external_initializers=decrypted.external_initializers,
+        )
     io.load(path)
     return create_session(path, level=level, threads=threads)
 
@@ -88,7 +103,7 @@ def run_model_file(
     names = [value.name for value in session.get_inputs()]
     if isinstance(inputs, collections.abc.Mapping):
         named, inputs = {**inputs, **(named or {})}, ()
-    feeds = _bind(names, list(inputs), dict(named or {}))
+    feeds = bind_inputs(names, list(inputs), dict(named or {}))
     return {name: np.asarray(value) for name, value in run_session(session, feeds).items()}
 
 
@@ -141,9 +156,14 @@ def save_outputs(outputs: Arrays, path: str | os.PathLike) -> Path:
     return dest
 
 
-def _bind(
-    names: list[str], positional: list[np.ndarray], named: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
+def bind_inputs(
+    names: list[str], positional: list[typing.Any], named: dict[str, typing.Any]
+) -> dict[str, typing.Any]:
+    """Bind inputs to the model's input ``names``, like ``f(*positional, **named)``.
+
+    Raises:
+        UsageError: a name is not one of ``names``, or more positional inputs than free names.
+    """
     unknown = [name for name in named if name not in names]
     if unknown:
         raise UsageError(

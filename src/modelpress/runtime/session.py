@@ -47,6 +47,7 @@ def create_session(
     spinning: bool = False,
     optimized_model_path: str | os.PathLike | None = None,
     providers: list[str] | None = None,
+    external_initializers: collections.abc.Mapping[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
     """Create an onnxruntime CPU session for ``model``.
 
@@ -57,6 +58,10 @@ def create_session(
         spinning: allow idle worker threads to spin (fast, but steals cores from other sessions).
         optimized_model_path: ask onnxruntime to write the graph it optimized to this path.
         providers: execution providers; defaults to CPU.
+        external_initializers: arrays by initializer name that replace the model's tensors of
+            that name (typically external tensors without data, as in a version 2 ``.mpe``
+            graph). onnxruntime uses CPU arrays in place, without copying, so the session keeps
+            a reference to them (and so to the buffer they view) for its whole lifetime.
 
     Raises:
         UsageError: unknown optimization level.
@@ -77,15 +82,22 @@ def create_session(
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     providers = providers or ["CPUExecutionProvider"]
+    kept: tuple[object, ...] = ()
+    if external_initializers:
+        names = list(external_initializers)
+        values = [_to_ort_value(external_initializers[name]) for name in names]
+        options.add_external_initializers(names, values)
+        kept = (dict(external_initializers), values)
     where = (
         "<model>" if isinstance(model, ir.Model) else "<bytes>" if isinstance(model, bytes) else str(model)
     )
     try:
         if isinstance(model, ir.Model):
-            return _session_from_ir(model, options, providers)
-        if isinstance(model, bytes | bytearray):
-            return ort.InferenceSession(bytes(model), options, providers=providers)
-        return ort.InferenceSession(str(Path(model)), options, providers=providers)
+            session = _session_from_ir(model, options, providers)
+        elif isinstance(model, bytes | bytearray):
+            session = ort.InferenceSession(bytes(model), options, providers=providers)
+        else:
+            session = ort.InferenceSession(str(Path(model)), options, providers=providers)
     except ModelLoadError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types without a common base
@@ -93,6 +105,9 @@ def create_session(
             f"{where}: onnxruntime cannot load the model: {_first_line(e)}; check the model with "
             "`modelpress info` and the onnxruntime version"
         ) from e
+    if kept:
+        session._modelpress_external_initializers = kept  # type: ignore[attr-defined]
+    return session
 
 
 def run_session(
