@@ -154,3 +154,18 @@ def test_already_quantized_and_old_opset_models_exit_4(model_path, calib, tmp_pa
     assert result.exit_code == 4 and "--upgrade-opset" in result.output
     result = _run("quantize", old, "-o", tmp_path / "o.onnx", "--calib", conv_calib, "--upgrade-opset")
     assert result.exit_code == 0, result.output
+
+
+def test_dynamic_and_fp16_modes(tmp_path):
+    path = io.save(builders.mlp(), tmp_path / "mlp.onnx")
+    result = _run("quantize", path, "-o", tmp_path / "d.onnx", "--mode", "dynamic", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["inserted"] == {"dynamic_quantize_inputs": 2, "int8_weights": 2}
+    assert report["integer_kernels"] == {"com.microsoft::DynamicQuantizeMatMul": 2}
+    result = _run("quantize", path, "-o", tmp_path / "h.onnx", "--mode", "fp16", "--fp16-target", "any")
+    assert result.exit_code == 0, result.output
+    assert "float16 nodes: 4" in result.output
+    result = _run("quantize", path, "-o", tmp_path / "b.onnx", "--mode", "bf16")
+    assert result.exit_code == 2 and "no bfloat16" in result.output
+    assert not (tmp_path / "b.onnx").exists()

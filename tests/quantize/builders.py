@@ -89,3 +89,43 @@ def samples(model: ir.Model, count: int = 8, batch: int = 4, seed: int = 0) -> l
             feed[value.name] = rng.standard_normal(shape).astype(np.float32)
         feeds.append(feed)
     return feeds
+
+
+def mlp(seed: int = 0, opset: int = 17) -> ir.Model:
+    """x[N,16] -> MatMul(16x32) -> Add(bias) -> Relu -> Gemm(transB, 32->8, bias) -> y."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", FLOAT, ["N", 16])
+    h = b.op("MatMul", x, b.const(rng.standard_normal((16, 32)).astype(np.float32) * 0.25, "w1"))
+    h = b.op("Relu", b.op("Add", h, b.const(rng.standard_normal(32).astype(np.float32) * 0.1, "b1")))
+    y = b.op(
+        "Gemm",
+        h,
+        b.const(rng.standard_normal((8, 32)).astype(np.float32) * 0.2, "w2"),
+        b.const(rng.standard_normal(8).astype(np.float32) * 0.1, "b2"),
+        transB=1,
+    )
+    y.name = "y"
+    return b.build([y])
+
+
+def attention_block(seed: int = 0) -> ir.Model:
+    """A bert-like block: x[N,8,16] -> q,k,v MatMuls -> q @ k^T -> Softmax -> @ v -> out proj ->
+    Add(x) -> LayerNormalization -> y (MatMuls between activations, a Softmax, a LayerNorm)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(opset=17)
+    x = b.input("x", FLOAT, ["N", 8, 16])
+    w = lambda name: b.const(rng.standard_normal((16, 16)).astype(np.float32) * 0.25, name)  # noqa: E731
+    q, k, v = (b.op("MatMul", x, w(name)) for name in ("wq", "wk", "wv"))
+    scores = b.op("MatMul", q, b.op("Transpose", k, perm=[0, 2, 1]))
+    probs = b.op("Softmax", b.op("Mul", scores, b.const(np.float32(0.25), "inv_sqrt_d")), axis=-1)
+    h = b.op("Add", b.op("MatMul", b.op("MatMul", probs, v), w("wo")), x)
+    y = b.op(
+        "LayerNormalization",
+        h,
+        b.const(np.ones(16, np.float32), "gamma"),
+        b.const(np.zeros(16, np.float32), "beta"),
+        axis=-1,
+    )
+    y.name = "y"
+    return b.build([y])

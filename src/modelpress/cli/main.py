@@ -220,9 +220,9 @@ def demo(
 
 
 def _register_verbs() -> None:
-    from modelpress.cli import convert, package, protect, quantize, run
+    from modelpress.cli import bench, convert, package, protect, quantize, run
 
-    verbs = (convert, protect, run, quantize, package)  # verbs kept in their own modules
+    verbs = (convert, protect, run, quantize, package, bench)  # verbs kept in their own modules
     for verb in verbs:
         verb.register(app)
 

@@ -1,4 +1,4 @@
-"""``modelpress quantize``: static int8 QDQ (calibrated) or weight-only int8.
+"""``modelpress quantize``: static int8 QDQ (calibrated), weight-only int8, dynamic int8 or fp16.
 
 Parses options into a ``QuantSpec``, runs ``quantize_file`` with a progress bar on stderr
 during calibration and the error measurement, and prints the report (or ``--json``).
@@ -23,7 +23,14 @@ from modelpress.errors import ModelpressError
 __all__ = ["quantize", "register"]
 
 _MODE_HELP = (
-    "static: int8 weights + calibrated uint8/int8 activations (fast); weight-only: int8 weights only (small)."
+    "static: int8 weights + calibrated uint8/int8 activations (fast CNNs); weight-only: int8 weights only "
+    "(small); dynamic: int8 MatMul/Gemm weights, activations quantized at run time (transformers, no "
+    "data; Conv stays float); fp16: float16 weights/activations, inputs/outputs float32, --calib adds a "
+    "range check; bf16: refused (onnxruntime CPU has no bfloat16 kernels)."
+)
+_FP16_TARGET_HELP = (
+    "fp16 mode: cpu converts only ops onnxruntime's CPU provider runs in float16 (on x86: none of "
+    "MatMul/Conv, so only weights shrink); any converts every op not on the block list (CUDA, ARM64)."
 )
 _CALIB_HELP = "Folder of .npy/.npz calibration files (one sample or a batch each; .npz keys = input names)."
 _CALIBRATOR_HELP = "How activation ranges are chosen: minmax, percentile, entropy (KL) or mse."
@@ -60,13 +67,14 @@ def quantize(
         bool,
         typer.Option("--upgrade-opset", help="Convert a model below opset 13 first instead of refusing it."),
     ] = False,
+    fp16_target: Annotated[str, typer.Option("--fp16-target", help=_FP16_TARGET_HELP)] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Quantize a float32 model to int8 and report size, integer kernels and output error.
+    """Quantize a float32 model (int8 or float16) and report size, kernels and output error.
 
     The output is checked before it is written: it must load in onnxruntime, and its error
-    against the float model is measured on the calibration data (weight-only without data:
-    on random inputs). Nothing is written when anything fails.
+    against the float model is measured on the calibration data (without data: on random
+    inputs). Nothing is written when anything fails.
     """
     from modelpress.quantize import QuantSpec, quantize_file
     from modelpress.quantize.spec import default_activation_dtype
@@ -80,6 +88,7 @@ def quantize(
             calibrator=calibrator,
             percentile=percentile,
             exclude_nodes=frozenset(exclude or ()),
+            fp16_target=fp16_target,
         )
         with _progress(enabled=not as_json) as progress:
             report = quantize_file(
@@ -121,11 +130,32 @@ def _print_report(report: Any) -> None:
         header += f" --calibrator {spec['calibrator']}: {report.calibration_samples} calibration samples"
         header += f" in {report.calibration_seconds:.2f} s"
     console.print(header, highlight=False)
-    table = Table("op", "quantized", "float", title="nodes by op type")
+    converted = "float16" if report.mode == "fp16" else "quantized"
+    table = Table("op", converted, "float32", title="nodes by op type")
     for op, counts in report.op_counts.items():
         table.add_row(escape(op), str(counts["quantized"]), str(counts["float"]))
     console.print(table)
     inserted = report.inserted
+    if report.mode == "fp16":
+        console.print(
+            f"float16 nodes: {inserted['float16_nodes']}, float16 weights: {inserted['float16_weights']} "
+            f"({inserted['float16_stored_weights']} stored float16 for float32 ops), "
+            f"Casts: {inserted['casts']}",
+            highlight=False,
+        )
+    elif report.mode == "dynamic":
+        console.print(
+            f"weights int8: {inserted['int8_weights']} "
+            f"({'per channel' if spec['per_channel'] else 'per tensor'}), "
+            f"DynamicQuantizeLinear: {inserted['dynamic_quantize_inputs']}",
+            highlight=False,
+        )
+    else:
+        _print_int8(inserted, spec)
+    _print_tail(report)
+
+
+def _print_int8(inserted: Any, spec: Any) -> None:
     console.print(
         f"weights int8: {inserted['int8_weights']} "
         f"({'per channel' if spec['per_channel'] else 'per tensor'}), "
@@ -134,6 +164,9 @@ def _print_report(report: Any) -> None:
         f"({spec['activation_dtype']})",
         highlight=False,
     )
+
+
+def _print_tail(report: Any) -> None:
     kernels = ", ".join(f"{op.split('::')[-1]} {n}" for op, n in report.integer_kernels.items()) or "none"
     console.print(f"onnxruntime integer kernels (ENABLE_ALL): {escape(kernels)}", highlight=False)
     before, after = report.file_bytes_before, report.file_bytes_after

@@ -1,8 +1,9 @@
-"""Post-training quantization: static int8 QDQ with streaming calibration, weight-only int8.
+"""Post-training quantization: static int8 QDQ (streaming calibration), weight-only int8, dynamic int8, fp16.
 
 Policy lives in ``spec.py`` (``QuantSpec``); the mechanism in ``plan.py`` (what gets Q/DQ),
 ``observers.py`` (streaming range observers), ``calibrate.py`` (running the model on data),
-``data.py`` (``--calib DIR`` files), ``qdq.py`` (the graph rewrite) and ``workflow.py``.
+``data.py`` (``--calib DIR`` files), ``qdq.py`` (the QDQ rewrite), ``dynamic.py`` (dynamic int8),
+``float16.py`` (fp16 conversion and Cast tidying) and ``workflow.py``.
 """
 
 from modelpress.quantize.report import OutputError, QuantizeReport

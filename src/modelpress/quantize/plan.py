@@ -22,7 +22,9 @@ Selection (static mode):
    is faster and exact; a quantized consumer still quantizes them. Outputs of shared (data
    movement) nodes take the scale and zero point of their input.
 
-Weight-only mode selects compute nodes and quantizes their weights only.
+Weight-only mode selects compute nodes and quantizes their weights only. Dynamic mode selects
+MatMul and Gemm nodes with a constant 2-D weight (right operand) and quantizes their weights;
+``dynamic.py`` rewrites them. Conv is refused there with the reason (ConvInteger is slow).
 Only the main graph is planned; subgraphs (If/Loop/Scan) and functions stay float.
 """
 
@@ -114,7 +116,9 @@ def build_plan(model: ir.Model, spec: QuantSpec) -> QuantPlan:
             continue
         if role != "compute" and not _has_float_data(node):
             continue  # shape arithmetic on int64 and the like: not a float computation at all
-        reason = "excluded by the spec" if node.name in spec.exclude_nodes else _refusal(node, role)
+        reason = (
+            "excluded by the spec" if node.name in spec.exclude_nodes else _refusal(node, role, spec.mode)
+        )
         if reason:
             skipped[labels[node]] = reason
         else:
@@ -222,7 +226,7 @@ def _has_float_data(node: ir.Node) -> bool:
     return all(v is not None and v.dtype == _FLOAT for v in _data_inputs(node))
 
 
-def _refusal(node: ir.Node, role: str) -> str | None:
+def _refusal(node: ir.Node, role: str, mode: str = "static") -> str | None:
     """Why ``node`` cannot be quantized (None when it can)."""
     data = _data_inputs(node)
     for value in data:
@@ -233,7 +237,7 @@ def _refusal(node: ir.Node, role: str) -> str | None:
     if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
         return "a second output is used"
     if role == "compute":
-        return _compute_refusal(node)
+        return _dynamic_refusal(node) if mode == "dynamic" else _compute_refusal(node)
     if node.op_type in ("Add", "Mul", "Concat") and any(_is_constant(v) for v in data):
         return "a constant input (not quantized yet)"
     return None
@@ -258,6 +262,23 @@ def _compute_refusal(node: ir.Node) -> str | None:
     if node.op_type == "Conv" and bias is not None and (not _is_constant(bias) or len(bias.shape or ()) != 1):
         return "the bias is not a constant vector"
     return None
+
+
+def _dynamic_refusal(node: ir.Node) -> str | None:
+    """Why a node cannot become DynamicQuantizeLinear -> MatMulInteger (None when it can)."""
+    if node.op_type == "Conv":
+        return (
+            "dynamic mode skips Conv: onnxruntime's ConvInteger has no fast CPU kernel (a dynamic "
+            "Conv runs several times slower than the float one); use --mode static for CNNs"
+        )
+    weight = node.inputs[1]
+    if not _is_constant(weight):
+        return "the weight (right operand) is not a constant initializer"
+    if len(weight.shape or ()) != 2:  # type: ignore[union-attr]
+        return f"the weight has rank {len(weight.shape or ())}; dynamic mode takes 2-D weights"  # type: ignore[union-attr]
+    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+        return "transA=1 (not supported in dynamic mode)"
+    return _compute_refusal(node)
 
 
 def _input(node: ir.Node, index: int) -> ir.Value | None:

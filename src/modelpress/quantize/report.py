@@ -101,7 +101,7 @@ class QuantizeReport:
         return {
             op: n
             for op, n in (self.runtime_ops or {}).items()
-            if any(key in op for key in ("QLinear", "QGemm", "Integer", "NhwcMaxPool"))
+            if any(key in op for key in ("QLinear", "QGemm", "Integer", "NhwcMaxPool", "DynamicQuantize"))
         }
 
     def to_json(self) -> dict[str, object]:

@@ -39,6 +39,7 @@ from modelpress.errors import UsageError
 __all__ = [
     "CALIBRATORS",
     "DEFAULT_OP_TYPES",
+    "DYNAMIC_OP_TYPES",
     "MODES",
     "OP_ROLES",
     "QuantSpec",
@@ -46,8 +47,13 @@ __all__ = [
     "default_activation_dtype",
 ]
 
-Mode = typing.Literal["static", "weight-only"]
-MODES: tuple[str, ...] = ("static", "weight-only")
+Mode = typing.Literal["static", "weight-only", "dynamic", "fp16", "bf16"]
+MODES: tuple[str, ...] = ("static", "weight-only", "dynamic", "fp16", "bf16")
+# Ops the ``dynamic`` mode rewrites (MatMul/Gemm -> DynamicQuantizeLinear + MatMulInteger). Conv
+# is planned but refused: onnxruntime's ConvInteger has no fast x86 kernel (resnet_like with
+# onnxruntime's own quantize_dynamic runs 5x slower than fp32, see the README), so a dynamic
+# Conv would make the model slower; use ``static`` for CNNs.
+DYNAMIC_OP_TYPES: frozenset[str] = frozenset({"Conv", "Gemm", "MatMul"})
 CALIBRATORS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_DTYPES: tuple[str, ...] = ("uint8", "int8")
 
@@ -128,6 +134,10 @@ class QuantSpec:
         histogram_bins: Bins of the streaming histogram (all calibrators but minmax).
         op_types: The op types to quantize (keys of ``OP_ROLES``).
         exclude_nodes: Node names kept in float.
+        fp16_target: ``cpu`` (fp16 mode: convert only ops onnxruntime's CPU provider runs in
+            float16 natively, probed on this machine) or ``any`` (every op not on the block
+            list, for providers with float16 kernels such as CUDA; onnxruntime's CPU
+            provider still runs it, with its own Casts around ops it lacks).
     """
 
     mode: Mode = "static"
@@ -141,6 +151,7 @@ class QuantSpec:
     histogram_bins: int = 2048
     op_types: frozenset[str] = DEFAULT_OP_TYPES
     exclude_nodes: frozenset[str] = frozenset()
+    fp16_target: str = "cpu"
 
     def __post_init__(self) -> None:
         """Reject unknown or unsupported settings with a message that lists the choices."""
@@ -148,6 +159,12 @@ class QuantSpec:
         _choose("activation dtype", self.activation_dtype, ACTIVATION_DTYPES)
         _choose("weight dtype", self.weight_dtype, ("int8",))
         _choose("calibrator", self.calibrator, CALIBRATORS)
+        _choose("fp16 target", self.fp16_target, ("cpu", "any"))
+        if self.mode == "bf16":
+            raise UsageError(
+                "bf16 is not supported: onnxruntime's CPU provider has no bfloat16 kernels (not even "
+                "Add or MatMul), so a bf16 model could not be checked or run here; use --mode fp16"
+            )
         if not self.symmetric_weights:
             raise UsageError("asymmetric weights are not implemented; use symmetric weights (the default)")
         if not 50.0 < self.percentile <= 100.0:
@@ -170,12 +187,12 @@ class QuantSpec:
     def role(self, op_type: str) -> str | None:
         """The role of ``op_type`` under this spec (see ``OP_ROLES``), None when not quantized.
 
-        In weight-only mode only compute ops (their weights) are quantized.
+        In weight-only and dynamic mode only compute ops (their weights) are quantized.
         """
         if op_type not in self.op_types:
             return None
         role = OP_ROLES[op_type]
-        if self.mode == "weight-only" and role != "compute":
+        if self.mode in ("weight-only", "dynamic") and role != "compute":
             return None
         return role
 

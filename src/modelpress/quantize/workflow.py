@@ -3,7 +3,11 @@
 Static int8 (``mode="static"``): weights int8 per channel, activations uint8/int8 per tensor
 from streamed calibration, int32 biases; the QDQ model onnxruntime fuses into QLinearConv /
 QGemm / QLinearMatMul at ``ORT_ENABLE_ALL``. Weight-only int8 (``mode="weight-only"``):
-Conv/Gemm/MatMul weights int8 + DequantizeLinear, activations float, no calibration.
+Conv/Gemm/MatMul weights int8 + DequantizeLinear, activations float, no calibration. Dynamic
+int8 (``mode="dynamic"``, ``dynamic.py``): MatMul/Gemm weights int8, activations quantized at
+run time, no calibration. Float16 (``mode="fp16"``, ``float16.py``): weights and activations
+float16 where safe and supported, graph inputs/outputs float32; ``samples`` (optional) feed
+its range check.
 
 The input model is never modified, and the destination is written only after the staged file
 loaded in onnxruntime at ``ORT_ENABLE_ALL`` and its error against the float model was measured
@@ -31,6 +35,8 @@ from modelpress.ir import io
 from modelpress.ir.stats import model_stats, op_histogram
 from modelpress.quantize.calibrate import observe, observer_range
 from modelpress.quantize.data import CalibrationData
+from modelpress.quantize.dynamic import apply_dynamic
+from modelpress.quantize.float16 import convert_float16
 from modelpress.quantize.plan import build_plan
 from modelpress.quantize.qdq import apply_plan
 from modelpress.quantize.report import QuantizeReport, measure_errors, runtime_ops
@@ -39,8 +45,10 @@ from modelpress.runtime.feeds import random_feeds
 
 __all__ = ["MIN_OPSET", "quantize_file", "quantize_model"]
 
-# QuantizeLinear/DequantizeLinear take a per-axis scale (and the axis attribute) from opset 13.
+# QuantizeLinear/DequantizeLinear take a per-axis scale (and the axis attribute) from opset 13;
+# DynamicQuantizeLinear exists from 11; float16 Casts and kernels need nothing special.
 MIN_OPSET = 13
+_MIN_OPSETS = {"dynamic": 11, "fp16": 7}
 _QUANTIZED_OPS = frozenset(
     {
         "QuantizeLinear",
@@ -87,8 +95,16 @@ def quantize_model(
     start = time.perf_counter()
     _check_not_quantized(model)
     work = model.clone()
-    _check_opset(work, upgrade_opset)
+    _check_opset(work, upgrade_opset, _MIN_OPSETS.get(spec.mode, MIN_OPSET))
     common_passes.ShapeInferencePass()(work)  # the plan reads dtypes of intermediate tensors
+    if spec.mode == "fp16":
+        report = convert_float16(work, spec, samples=samples, progress=progress)
+        report.ops_before = op_histogram(model)
+        report.weight_bytes_before = model_stats(model).weight_bytes
+        report.ops_after = op_histogram(work)
+        report.weight_bytes_after = model_stats(work).weight_bytes
+        report.seconds = time.perf_counter() - start
+        return work, report
     plan = build_plan(work, spec)
     if not plan.weights:
         reasons = "; ".join(f"{node}: {why}" for node, why in list(plan.skipped.items())[:5])
@@ -130,13 +146,17 @@ def quantize_model(
         ranges = {name: observer_range(obs, spec) for name, obs in observers.items()}
         del observers
         report.calibration_seconds = time.perf_counter() - calibration_start
-    stats = apply_plan(work, plan, ranges, spec)
-    report.inserted = {
-        "activation_qdq_pairs": stats.activations,
-        "int8_weights": stats.weights,
-        "int32_biases": stats.biases,
-        "clipped_bias_values": stats.clipped_bias_values,
-    }
+    if spec.mode == "dynamic":
+        stats = apply_dynamic(work, plan, spec)
+        report.inserted = {"dynamic_quantize_inputs": stats.activations, "int8_weights": stats.weights}
+    else:
+        stats = apply_plan(work, plan, ranges, spec)
+        report.inserted = {
+            "activation_qdq_pairs": stats.activations,
+            "int8_weights": stats.weights,
+            "int32_biases": stats.biases,
+            "clipped_bias_values": stats.clipped_bias_values,
+        }
     report.ops_after = op_histogram(work)
     report.weight_bytes_after = model_stats(work).weight_bytes
     report.seconds = time.perf_counter() - start
@@ -217,23 +237,24 @@ def _check_not_quantized(model: ir.Model) -> None:
             )
 
 
-def _check_opset(model: ir.Model, upgrade: bool) -> None:
+def _check_opset(model: ir.Model, upgrade: bool, minimum: int = MIN_OPSET) -> None:
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-    if opset >= MIN_OPSET:
+    if opset >= minimum:
         return
     if not upgrade:
+        why = "DynamicQuantizeLinear" if minimum == 11 else "per-channel QuantizeLinear/DequantizeLinear"
         raise PreconditionError(
-            f"the model uses opset {opset}; quantization needs opset >= {MIN_OPSET} (per-channel "
-            "QuantizeLinear/DequantizeLinear); pass --upgrade-opset to convert it first"
+            f"the model uses opset {opset}; quantization needs opset >= {minimum} ({why}); "
+            "pass --upgrade-opset to convert it first"
         )
     from onnxscript import version_converter
 
     try:
-        version_converter.convert_version(model, target_version=MIN_OPSET, fallback=True)
+        version_converter.convert_version(model, target_version=minimum, fallback=True)
     except Exception as e:  # the converters raise plain exceptions for unsupported ops
         raise PreconditionError(
-            f"cannot upgrade the model from opset {opset} to {MIN_OPSET}: {e}; "
-            f"re-export it at opset >= {MIN_OPSET}"
+            f"cannot upgrade the model from opset {opset} to {minimum}: {e}; "
+            f"re-export it at opset >= {minimum}"
         ) from e
 
 
