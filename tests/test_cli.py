@@ -294,9 +294,17 @@ def test_passes_command_lists_the_registry():
         assert name.replace("-", "") in flat.replace("-", "")
 
 
-def test_demo_builds_and_optimizes_in_a_folder(tmp_path):
-    result = _run("demo", "--workdir", tmp_path / "demo")
+def test_demo_runs_the_whole_chain_in_a_folder(tmp_path):
+    from modelpress.package import load_package
+    from modelpress.protect import KeySource, load_encrypted
+
+    demo = tmp_path / "demo"
+    result = _run("demo", "--workdir", demo, "--runs", "5")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "example_cnn.onnx").is_file()
-    assert (tmp_path / "demo" / "example_cnn.opt.onnx").is_file()
+    for name in ("example_cnn.onnx", "example_cnn.opt.onnx", "example_cnn.int8.onnx", "example_cnn.int8.mpe"):
+        assert (demo / name).is_file(), name
     assert "verified on onnxruntime" in result.output
+    package = load_package(demo / "package")  # hashes verified
+    assert [step["step"] for step in package.manifest.steps] == ["optimize", "quantize", "protect"]
+    int8 = load_encrypted(demo / "example_cnn.int8.mpe", KeySource.from_file(demo / "demo.key"))
+    assert any(node.op_type == "QuantizeLinear" for node in int8.graph)
