@@ -256,9 +256,9 @@ def _print_chain(result: Any) -> None:
 
 
 def _register_verbs() -> None:
-    from modelpress.cli import bench, convert, package, protect, quantize, run
+    from modelpress.cli import bench, convert, package, protect, quantize, run, serve
 
-    verbs = (convert, protect, run, quantize, package, bench)  # verbs kept in their own modules
+    verbs = (convert, protect, run, quantize, package, bench, serve)  # verbs kept in their own modules
     for verb in verbs:
         verb.register(app)
 
