@@ -41,8 +41,13 @@ def serve(
     key_env: Annotated[str | None, typer.Option("--key-env", help=KEY_ENV_HELP)] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Most rows per model run across requests.")] = 8,
     max_delay_ms: Annotated[
-        float, typer.Option(min=0.0, help="How long a request waits for others to batch with.")
-    ] = 5.0,
+        float,
+        typer.Option(
+            min=0.0,
+            help="How long a request waits for others to batch with. 0 (default): no waiting; "
+            "requests that queued while the model ran are batched together.",
+        ),
+    ] = 0.0,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime intra-op threads.")] = None,
 ) -> None:
     """Serve a model or package: POST /v1/predict, GET /healthz, GET /metrics, docs at /docs."""

@@ -75,7 +75,7 @@ def create_app(
     key: Key | None = None,
     token: str | None = None,
     max_batch: int = 8,
-    max_delay_ms: float = 5.0,
+    max_delay_ms: float = 0.0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     threads: int | None = None,
 ) -> FastAPI:
