@@ -47,7 +47,7 @@ def _run(*args: str):
 def test_help_lists_the_commands():
     result = _run("--help")
     assert result.exit_code == 0
-    for command in ("info", "optimize", "passes", "demo"):
+    for command in ("info", "optimize", "passes", "deploy"):
         assert command in result.output
 
 
@@ -292,19 +292,3 @@ def test_passes_command_lists_the_registry():
     flat = result.output.replace("\n", "").replace("│", "").replace(" ", "")
     for name in PASSES:
         assert name.replace("-", "") in flat.replace("-", "")
-
-
-def test_demo_runs_the_whole_chain_in_a_folder(tmp_path):
-    from modelpress.package import load_package
-    from modelpress.protect import KeySource, load_encrypted
-
-    demo = tmp_path / "demo"
-    result = _run("demo", "--workdir", demo, "--runs", "5")
-    assert result.exit_code == 0, result.output
-    for name in ("example_cnn.onnx", "example_cnn.opt.onnx", "example_cnn.int8.onnx", "example_cnn.int8.mpe"):
-        assert (demo / name).is_file(), name
-    assert "verified on onnxruntime" in result.output
-    package = load_package(demo / "package")  # hashes verified
-    assert [step["step"] for step in package.manifest.steps] == ["optimize", "quantize", "protect"]
-    int8 = load_encrypted(demo / "example_cnn.int8.mpe", KeySource.from_file(demo / "demo.key"))
-    assert any(node.op_type == "QuantizeLinear" for node in int8.graph)

@@ -47,6 +47,7 @@ def test_json_follows_the_schema_and_survives_a_round_trip():
         "load_ms",
         "peak_rss_mb",
         "pipeline",
+        "quality",
     }
     first = data["measurements"][0]
     assert set(first) == {

@@ -8,6 +8,7 @@ The plots are drawn with matplotlib's Agg backend (no display needed) and embedd
 from __future__ import annotations
 
 import base64
+import collections.abc
 import html
 import io
 import os
@@ -43,12 +44,48 @@ def write_html(report: BenchReport, path: str | os.PathLike) -> Path:
     return dest
 
 
-def render_html(report: BenchReport) -> str:
-    """The report as an HTML page: settings, models, timings, ratios to the first model, plots."""
+def _quality_section(report: BenchReport) -> str:
+    rated = [m for m in report.models if m.quality is not None]
+    if not rated:
+        return ""
+    rows = []
+    for m in rated:
+        q = m.quality
+        assert q is not None
+        rows.append(
+            [m.name, q.samples, q.accuracy, q.agreement_vs_first, q.cosine_vs_first, q.max_abs_diff_vs_first]
+        )
+    return "<h2>Output quality on the data</h2>" + _table(
+        [
+            "model",
+            "rows",
+            "top-1 accuracy",
+            "top-1 agreement vs first",
+            "mean cosine vs first",
+            "max |Δ| vs first",
+        ],
+        rows,
+    )
+
+
+def render_html(
+    report: BenchReport,
+    *,
+    title: str = "modelpress bench",
+    preface: collections.abc.Sequence[tuple[str, list[str], list[list[Any]]]] = (),
+) -> str:
+    """The report as an HTML page: settings, models, timings, ratios to the first model, plots.
+
+    Args:
+        report: The benchmark report.
+        title: The page title and heading.
+        preface: Tables shown first, each ``(heading, column names, rows)``.
+    """
     settings = report.settings
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>modelpress bench</title>",
-        f"<style>{_STYLE}</style></head><body><h1>modelpress bench</h1>",
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1>",
+        *(f"<h2>{_e(heading)}</h2>" + _table(header, rows) for heading, header, rows in preface),
         f"<p class='note'>{_e(_settings_line(settings))}<br>{_e(_environment_line(report.environment))}</p>",
         "<h2>Models</h2>",
         _table(
@@ -59,6 +96,7 @@ def render_html(report: BenchReport) -> str:
             ],
         ),
         f"<p class='note'>Peak RSS: {_e(report.rss_method)}.</p>",
+        _quality_section(report),
         "<h2>Latency and throughput</h2>",
         _table(
             ["model", "batch", "threads", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)", "samples/s"]

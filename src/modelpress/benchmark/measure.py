@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from modelpress.benchmark._inputs import load_data, make_inputs
+from modelpress.benchmark.quality import LABELS_KEY, Quality, collect_outputs, compare_quality
 from modelpress.benchmark.report import STAGES, BenchReport, Measurement, ModelResult
 from modelpress.benchmark.stats import latency_stats
 from modelpress.errors import ModelLoadError, ProtectionError, UsageError
@@ -119,6 +120,7 @@ def benchmark_models(
     load_ms: dict[str, list[float]] = {t.name: [] for t in targets}
     peak_rss: dict[str, float | None] = {t.name: None for t in targets}
     reference: dict[tuple[str, int], dict[str, object]] = {}
+    evaluated: dict[str, dict[str, np.ndarray]] = {}
     measurements = []
     for n_threads in threads:
         sessions, inputs = {}, {}
@@ -133,6 +135,8 @@ def benchmark_models(
                 outputs = _warm_up(target, sessions[target.name], raw, warmup, counter)
                 reference.setdefault((target.name, batch), outputs)
             peak_rss[target.name] = _max_or_none(peak_rss[target.name], window.rise_mb())
+            if dataset is not None and target.name not in evaluated:
+                evaluated[target.name] = _evaluate(target, sessions[target.name], dataset, max(batches))
         for batch in batches:
             times = _timed_rounds(targets, sessions, inputs, batch, runs, counter, f"b{batch} t{n_threads}")
             for target in targets:
@@ -160,6 +164,7 @@ def benchmark_models(
             load_ms=float(np.mean(load_ms[t.name])),
             peak_rss_mb=peak_rss[t.name],
             pipeline=t.package is not None and t.package.pipeline is not None,
+            quality=_quality(evaluated, t.name, targets[0].name, dataset),
         )
         for t in targets
     ]
@@ -174,6 +179,25 @@ def benchmark_models(
         "spinning": False,
     }
     return BenchReport(models, measurements, settings, _environment(), RSS_METHOD)
+
+
+def _evaluate(
+    target: _Target, session: Session, dataset: dict[str, np.ndarray], chunk: int
+) -> dict[str, np.ndarray]:
+    names = [v.name for v in target.model.graph.inputs if v.name not in target.model.graph.initializers]
+    missing = [name for name in names if name not in dataset]
+    if missing:
+        raise UsageError(f"{target.name}: --data has no array for input(s) {', '.join(missing)}")
+    return collect_outputs(lambda feeds: target.run(session, feeds)[0], dataset, names, chunk)
+
+
+def _quality(
+    evaluated: dict[str, dict[str, np.ndarray]], name: str, first: str, dataset: dict[str, np.ndarray] | None
+) -> Quality | None:
+    if name not in evaluated or dataset is None:
+        return None
+    baseline = None if name == first else evaluated[first]
+    return compare_quality(evaluated[name], baseline, dataset.get(LABELS_KEY), where=name)
 
 
 class _Counter:

@@ -6,7 +6,9 @@ The JSON form (``BenchReport.to_json``) is versioned by its ``schema`` key
 ```
 {"schema", "settings": {batches, threads, runs, warmup, level, data, interleaved, spinning},
  "environment": {python, onnxruntime, platform, cpu_count}, "rss_method",
- "models": [{name, path, kind, model_bytes, load_ms, peak_rss_mb, pipeline}],
+ "models": [{name, path, kind, model_bytes, load_ms, peak_rss_mb, pipeline,
+             quality: null | {samples, accuracy, agreement_vs_first, cosine_vs_first,
+                              max_abs_diff_vs_first}}],
  "measurements": [{model, batch, threads, latency_ms: {p50, p90, p99, mean, min, max},
                    throughput, runs, stages_ms: {preprocess, inference, postprocess},
                    max_abs_diff_vs_first}],
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from modelpress.benchmark.quality import Quality
 from modelpress.benchmark.stats import LatencyStats, ratio
 
 __all__ = ["SCHEMA", "STAGES", "BenchReport", "Measurement", "ModelResult"]
@@ -45,6 +48,8 @@ class ModelResult:
             created and warmed up at every batch size (see ``BenchReport.rss_method``); None
             where the platform does not expose it.
         pipeline: Whether a package pipeline (pre/post-processing) was part of every run.
+        quality: Accuracy (with ``labels`` in the data) and agreement with the first model on
+            every row of ``--data``; None without data (see ``benchmark.quality``).
     """
 
     name: str
@@ -54,6 +59,7 @@ class ModelResult:
     load_ms: float
     peak_rss_mb: float | None
     pipeline: bool
+    quality: Quality | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""

@@ -196,69 +196,10 @@ def list_passes() -> None:
     console.print(table)
 
 
-@app.command()
-def demo(
-    workdir: Annotated[
-        Path, typer.Option(help="Folder for the example models, calibration data, demo key and package.")
-    ] = Path("build/demo"),
-    runs: Annotated[int, typer.Option(min=5, help="Timed runs per model in the final benchmark.")] = 30,
-) -> None:
-    """Take the bundled example CNN through the chain: optimize, quantize, encrypt, package, bench.
-
-    Everything is built in code (no network): the model, its calibration data and a demo key
-    (written to WORKDIR/demo.key, for this demonstration only).
-    """
-    from modelpress.examples.chain import run_chain
-
-    steps = iter(range(1, 100))
-    try:
-        result = run_chain(
-            workdir, runs=runs, progress=lambda line: console.print(f"[bold]{next(steps)}.[/] {escape(line)}")
-        )
-    except ModelpressError as e:
-        raise _fail(e) from e
-    _print_optimize_report(result.reports["optimize"])
-    _print_chain(result)
-
-
-def _print_chain(result: Any) -> None:
-    reports = result.reports
-    bench, quantized, optimized = reports["bench"], reports["quantize"], reports["optimize"]
-    nodes = [optimized.nodes_before, optimized.nodes_after, sum(quantized.ops_after.values()), None]
-    stages = ["original", "optimize", "quantize int8", "protect + package"]
-    table = Table(title="the example CNN through the chain (batch 1, 2 threads, interleaved runs)")
-    columns = ("stage", "file", "KiB", "nodes", "p50 ms", "p99 ms", "vs original", "max |Δ| vs original")
-    for column in columns:
-        table.add_column(column, no_wrap=column != "file")
-    base = bench.find(bench.models[0].name, 1, 2)
-    for stage, model, count in zip(stages, bench.models, nodes, strict=True):
-        item = bench.find(model.name, 1, 2)
-        diff = item.max_abs_diff_vs_first
-        table.add_row(
-            stage,
-            escape(model.path),
-            f"{model.model_bytes / 1024:.1f}",
-            "-" if count is None else str(count),
-            f"{item.latency.p50_ms:.3f}",
-            f"{item.latency.p99_ms:.3f}",
-            f"{base.latency.p50_ms / item.latency.p50_ms:.2f}x",
-            "-" if diff is None else f"{diff:.2e}",
-        )
-    console.print(table)
-    agreement = [e.top1_agreement for e in quantized.errors if e.top1_agreement is not None]
-    if agreement:
-        console.print(f"int8 top-1 agreement with float on the calibration data: {agreement[0]:.1%}")
-    console.print(
-        f"package: {escape(str(result.files['package']))} (encrypted model + manifest with sha256); "
-        f"run it with: modelpress run {escape(str(result.files['package']))} "
-        f"--key-file {escape(str(result.files['key']))} --input x.npy"
-    )
-
-
 def _register_verbs() -> None:
-    from modelpress.cli import bench, convert, package, protect, quantize, run, serve
+    from modelpress.cli import bench, convert, deploy, package, protect, quantize, run, serve
 
-    verbs = (convert, protect, run, quantize, package, bench, serve)  # verbs kept in their own modules
+    verbs = (convert, protect, run, quantize, package, bench, serve, deploy)  # one module per verb
     for verb in verbs:
         verb.register(app)
 

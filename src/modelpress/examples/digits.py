@@ -24,10 +24,20 @@ import numpy as np
 if typing.TYPE_CHECKING:
     import torch
 
-__all__ = ["DigitsSplit", "build_digits_cnn", "export_digits_cnn", "load_digits_split", "train_digits_cnn"]
+__all__ = [
+    "DIGIT_LABELS",
+    "DigitsSplit",
+    "build_digits_cnn",
+    "digits_pipeline",
+    "export_digits_cnn",
+    "load_digits_split",
+    "train_digits_cnn",
+    "write_digits_data",
+]
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 class DigitsSplit(typing.NamedTuple):
@@ -122,3 +132,47 @@ def export_digits_cnn(path: str | os.PathLike, *, seed: int = 0, epochs: int = 1
     )
     os.replace(partial, path)
     return path
+
+
+def digits_pipeline() -> typing.Any:
+    """The deployed pre/post-processing: raw 0..16 pixels in, the 3 most likely digits out.
+
+    Pre-processing casts the raw ``uint8`` pixels to float32 and scales 0..16 onto [0, 1] (what
+    the network was trained on); post-processing turns the logits into probabilities and keeps
+    the top 3 with their names.
+    """
+    from modelpress.pipeline import Pipeline
+
+    return Pipeline.from_dict(
+        {
+            "version": 1,
+            "inputs": {INPUT_NAME: [{"cast": {"dtype": "float32"}}, {"min_max": {"min": 0, "max": 16}}]},
+            "outputs": {OUTPUT_NAME: ["softmax", {"top_k": {"k": 3, "labels": DIGIT_LABELS}}]},
+        },
+        where="digits pipeline",
+    )
+
+
+def write_digits_data(folder: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+    """Write the split as raw pixels (``uint8`` 0..16, [N, 1, 8, 8]), as a deployment receives them.
+
+    Returns:
+        ``calib.npz`` (the train part: ``image``) and ``eval.npz`` (the held-out part:
+        ``image`` and ``labels``), both in ``folder``.
+    """
+    split = load_digits_split(seed)
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    raw = {
+        name: np.rint(x * 16).astype(np.uint8)
+        for name, x in (("train", split.x_train), ("test", split.x_test))
+    }
+    calib, held_out = root / "calib.npz", root / "eval.npz"
+    for path, arrays in (
+        (calib, {INPUT_NAME: raw["train"]}),
+        (held_out, {INPUT_NAME: raw["test"], "labels": split.y_test}),
+    ):
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}.npz")
+        np.savez(partial, **arrays)
+        os.replace(partial, path)
+    return calib, held_out

@@ -1,0 +1,139 @@
+"""deploy end to end: every stage's file, one package per stage, the benchmark, the reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from modelpress.deploy import deploy, parse_recipe
+from modelpress.ir import io
+from modelpress.package import load_package
+from modelpress.protect import KeySource
+from tests.package._builders import PIPELINE_YAML, W, classifier
+
+
+@pytest.fixture
+def recipe_dir(tmp_path):
+    folder = tmp_path / "recipe"
+    folder.mkdir()
+    io.save(classifier(), folder / "clf.onnx")
+    (folder / "pipeline.yaml").write_text(PIPELINE_YAML)
+    rng = np.random.default_rng(0)
+    raw = rng.normal([1, 2, 3, 4], [0.5, 1, 2, 4], size=(64, 4)).astype(np.float32)
+    labels = np.argmax(((raw - np.float32([1, 2, 3, 4])) / np.float32([0.5, 1, 2, 4])) @ W, axis=1)
+    np.savez(folder / "calib.npz", x=raw[:48])
+    np.savez(folder / "eval.npz", x=raw, labels=labels)
+    return folder
+
+
+def _recipe(folder, stages):
+    return parse_recipe(
+        {
+            "name": "clf",
+            "model": {"path": "clf.onnx"},
+            "pipeline": "pipeline.yaml",
+            "data": {"calib": "calib.npz", "eval": "eval.npz"},
+            "stages": stages,
+            "bench": {"batch": [1, 4], "threads": [1], "runs": 2, "warmup": 0},
+        },
+        base=folder,
+    )
+
+
+def test_the_whole_chain_writes_each_stage_a_package_and_the_reports(recipe_dir, tmp_path):
+    stages = {
+        "optimize": {},
+        "quantize": {"mode": "static", "num_samples": 40},
+        "protect": {"encrypt": True, "obfuscate": "low", "seed": 3},
+    }
+    lines = []
+    report = deploy(_recipe(recipe_dir, stages), tmp_path / "out", say=lines.append)
+    assert [s.stage for s in report.stages] == ["original", "optimize", "quantize", "protect"]
+    assert [s.model_path.name for s in report.stages] == [
+        "clf.onnx",
+        "model.opt.onnx",
+        "model.int8.onnx",
+        "model.mpe",
+    ]
+    assert report.stages[2].details["mode"] == "static"
+    assert "obfuscate" in report.stages[3].details and (tmp_path / "out" / "model.obf.onnx").exists()
+    assert report.stages[3].nodes is None and report.key_file == tmp_path / "out" / "deploy.key"
+    rows = report.summary()
+    assert rows[0]["accuracy"] == 1.0  # the labels are the float model's own classes
+    assert all(row["accuracy"] >= 0.9 for row in rows)
+    assert all(row["agreement_vs_original"] >= 0.9 for row in rows[1:])
+    assert {f"p50_ms_b{b}" for b in (1, 4)} <= set(rows[-1])
+    # the deliverable: the encrypted model, the pipeline, the steps and metrics in the manifest
+    package = load_package(report.package)
+    assert package.is_encrypted and package.pipeline is not None
+    assert [step["step"] for step in package.manifest.steps] == ["optimize", "quantize", "protect"]
+    assert package.manifest.metrics["accuracy"] == rows[-1]["accuracy"]
+    result = package.run({"x": np.float32([[1, 2, 3, 4]])}, KeySource.from_file(report.key_file))
+    assert set(result) >= {"logits.labels", "logits.scores"}
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["schema"] == "modelpress.deploy/1" and len(data["summary"]) == 4
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Stages side by side" in page and "<img" in page
+    assert any("quantize" in line for line in lines)
+
+
+def test_a_chain_without_protection_or_eval_data_benchmarks_on_random_inputs(recipe_dir, tmp_path):
+    recipe = parse_recipe(
+        {
+            "name": "c",
+            "model": {"path": "clf.onnx"},
+            "stages": {"quantize": {"mode": "dynamic"}},
+            "bench": {"runs": 2, "threads": [1]},
+        },
+        base=recipe_dir,
+    )
+    report = deploy(recipe, tmp_path / "out")
+    assert [s.stage for s in report.stages] == ["original", "quantize"]
+    assert report.key_file is None and not load_package(report.package).is_encrypted
+    assert report.summary()[1]["accuracy"] is None
+
+
+def test_an_existing_key_file_is_used(recipe_dir, tmp_path):
+    from modelpress.protect import generate_key, key_id, write_key_file
+
+    key = generate_key()
+    write_key_file(recipe_dir / "k.key", key)
+    report = deploy(_recipe(recipe_dir, {"protect": {"key_file": "k.key"}}), tmp_path / "out")
+    assert report.key_file == recipe_dir / "k.key"
+    assert load_package(report.package).manifest.key_id == key_id(key)
+
+
+def test_the_bundled_digits_recipe_from_the_command_line(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from typer.testing import CliRunner
+
+    from modelpress.cli.main import app
+
+    out = tmp_path / "digits"
+    result = CliRunner().invoke(
+        app, ["deploy", "examples/digits/recipe.yaml", "--workdir", str(out), "--runs", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    rows = {row["stage"]: row for row in data["summary"]}
+    assert list(rows) == ["original", "optimize", "quantize", "protect"]
+    assert rows["original"]["accuracy"] >= 0.95
+    assert rows["protect"]["accuracy"] >= rows["original"]["accuracy"] - 0.01
+    assert rows["quantize"]["size_bytes"] < rows["original"]["size_bytes"] / 2
+    image = np.load(out / "data" / "eval.npz")["image"][:2]
+    result = load_package(out / "package").run({"image": image}, KeySource.from_file(out / "deploy.key"))
+    assert result["logits.labels"].shape == (2, 3)
+
+
+def test_deploy_cli_reports_a_bad_recipe_with_exit_code_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from modelpress.cli.main import app
+
+    (tmp_path / "r.yaml").write_text("name: x\nmodel: {example: mnist}\n")
+    result = CliRunner().invoke(app, ["deploy", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 2
+    assert "'mnist' is not one of digits" in result.output
