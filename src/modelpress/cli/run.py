@@ -57,17 +57,42 @@ def run(
     level: Annotated[
         str, typer.Option(help="onnxruntime optimization level: disable|basic|extended|all.")
     ] = "all",
+    input_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run every file in this folder (.npy rows, .npz per sample, or images for a package "
+            "that decodes them), in name order, in batches; outputs joined row for row."
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per batch with --input-dir.")] = 32,
+    prefetch: Annotated[
+        int,
+        typer.Option(min=0, help="Batches read and pre-processed ahead in a background thread (0: none)."),
+    ] = 2,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="onnxruntime intra-op threads [default: onnxruntime's choice].")
+    ] = None,
 ) -> None:
-    """Run a model or a package once; an encrypted .mpe model is decrypted in memory, never on disk."""
+    """Run a model or a package; an encrypted .mpe model is decrypted in memory, never on disk.
+
+    Once on --input files, or over a whole folder with --input-dir: batches of --batch rows,
+    the next batches read and pre-processed while the current one runs.
+    """
     from modelpress.package import load_package
     from modelpress.runtime.run import load_array, run_model_file, save_outputs
 
     try:
         key = key_source(key_file, key_env, required=False)
-        if model.is_dir():
+        if input_dir is not None:
+            if inputs:
+                raise UsageError("give inputs either with --input or with --input-dir, not both")
+            outputs = _run_folder(
+                model, input_dir, key, level=level, batch=batch, prefetch=prefetch, threads=threads
+            )
+        elif model.is_dir():
             package = load_package(model)
             positional, named = _package_inputs(inputs or [], package.pipeline)
-            outputs = package.run(positional, key, named=named, level=level)  # type: ignore[arg-type]
+            outputs = package.run(positional, key, named=named, level=level, threads=threads)  # type: ignore[arg-type]
         else:
             positional, named = [], {}
             for spec in inputs or []:
@@ -76,7 +101,7 @@ def run(
                     positional.append(load_array(file))
                 else:
                     named[name] = load_array(file)
-            outputs = run_model_file(model, positional, key, named=named, level=level)  # type: ignore[arg-type]
+            outputs = run_model_file(model, positional, key, named=named, level=level, threads=threads)  # type: ignore[arg-type]
         if output is not None:
             written = save_outputs(outputs, output)
     except ModelpressError as e:
@@ -91,6 +116,57 @@ def run(
     console.print(
         f"wrote {len(outputs)} output(s) ({', '.join(outputs)}) to {escape(str(written))}", highlight=False
     )
+
+
+def _run_folder(
+    model: Path, folder: Path, key: object, *, level: str, batch: int, prefetch: int, threads: int | None
+) -> dict:
+    """Every sample of ``folder`` through the model (or package) in batches, with a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from modelpress.cli._output import err_console
+    from modelpress.package import load_package
+    from modelpress.pipeline.preprocess import DecodeImageStep
+    from modelpress.runtime.run import open_model_session
+    from modelpress.runtime.session import run_session
+    from modelpress.runtime.stream import concatenate_outputs, read_samples, run_stream
+
+    package = load_package(model) if model.is_dir() else None
+    if package is not None:
+        session = package.open_session(key, level=level, threads=threads)  # type: ignore[arg-type]
+    else:
+        session = open_model_session(model, key, level=level, threads=threads)  # type: ignore[arg-type]
+    pipeline = package.pipeline if package is not None else None
+    names = [value.name for value in session.get_inputs()]
+    ranks = {
+        value.name: len(value.shape) if isinstance(value.shape, list) else None
+        for value in session.get_inputs()
+    }
+    images = [
+        name
+        for name, steps in (pipeline.inputs.items() if pipeline is not None else ())
+        if steps and isinstance(steps[0], DecodeImageStep)
+    ]
+    samples = read_samples(folder, names, ranks=ranks, image_inputs=images)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} rows"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(f"run {escape(folder.name)}", total=None)
+        return concatenate_outputs(
+            run_stream(
+                samples,
+                lambda feeds: run_session(session, feeds),
+                batch=batch,
+                prefetch_batches=prefetch,
+                preprocess=pipeline.preprocess if pipeline is not None else None,
+                postprocess=pipeline.postprocess if pipeline is not None else None,
+                on_batch=lambda rows: bar.advance(task, rows),
+            )
+        )
 
 
 def _split_input(spec: str) -> tuple[str | None, str]:

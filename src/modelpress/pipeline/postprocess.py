@@ -29,7 +29,7 @@ __all__ = [
 def _label_array(step: Step, names: list[str], classes: int) -> np.ndarray:
     if len(names) != classes:
         raise step.fail(f"has {len(names)} labels but the output has {classes} classes")
-    return np.asarray(names, dtype=object)
+    return np.asarray(names, dtype=np.str_)  # fixed-width unicode: saved to .npz without pickle
 
 
 def _class_axis(step: Step, x: np.ndarray, axis: int) -> int:
@@ -75,7 +75,7 @@ class ArgmaxStep(Step):
     params_spec: typing.ClassVar = {"axis": Param(integer(), -1), "labels": Param(optional(labels), None)}
 
     def apply(self, value: object) -> np.ndarray:
-        """Index (int64) or label (object array of str) of the maximum."""
+        """Index (int64) or label (unicode str array) of the maximum."""
         x = self.numeric(value)
         axis = _class_axis(self, x, self.params["axis"])
         index = x.argmax(axis=axis).astype(np.int64)
@@ -131,7 +131,7 @@ class ThresholdStep(Step):
         decision = (self.numeric(value) >= self.params["threshold"]).astype(np.int64)
         if self.params["labels"] is None:
             return decision
-        return np.asarray(self.params["labels"], dtype=object)[decision]
+        return np.asarray(self.params["labels"], dtype=np.str_)[decision]
 
 
 class DiscretizeStep(Step):
@@ -167,7 +167,7 @@ class DiscretizeStep(Step):
         )
         if self.params["labels"] is None:
             return index
-        return np.asarray(self.params["labels"], dtype=object)[index]
+        return np.asarray(self.params["labels"], dtype=np.str_)[index]
 
 
 class RoundStep(Step):
