@@ -25,7 +25,7 @@ import onnxruntime as ort
 from modelpress.errors import InvalidModelError, ModelLoadError, UsageError
 from modelpress.ir import io
 
-__all__ = ["LEVELS", "OptLevel", "create_session", "run_session"]
+__all__ = ["LEVELS", "PROVIDER_PREFERENCE", "OptLevel", "choose_providers", "create_session", "run_session"]
 
 OptLevel = Literal["disable", "basic", "extended", "layout", "all"]
 LEVELS: dict[str, ort.GraphOptimizationLevel] = {
@@ -39,11 +39,59 @@ LEVELS: dict[str, ort.GraphOptimizationLevel] = {
 }
 
 
+# Accelerated execution providers first: the first available one takes the nodes it supports,
+# the CPU provider (always present) the rest.
+PROVIDER_PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "CoreMLExecutionProvider",
+    "DmlExecutionProvider",
+    "CPUExecutionProvider",
+)
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+
+def choose_providers(choice: str | collections.abc.Sequence[str] = "auto") -> list[str]:
+    """Execution providers for deployment sessions, best first, always ending with the CPU.
+
+    ``auto`` takes every accelerated provider this onnxruntime build has (TensorRT, CUDA,
+    ROCm, CoreML, DirectML, in that order) and the CPU; a name (``cpu``, ``cuda``,
+    ``tensorrt`` ... or the full provider name) or a list of names asks for those.
+
+    Raises:
+        UsageError: an unknown name, or one this onnxruntime build does not have (the message
+            lists those it has).
+    """
+    available = ort.get_available_providers()
+    if isinstance(choice, str) and choice == "auto":
+        return [p for p in PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
+    names = [choice] if isinstance(choice, str) else list(choice)
+    chosen = []
+    for name in names:
+        provider = _PROVIDER_ALIASES.get(name.lower(), name)
+        if provider not in available:
+            raise UsageError(
+                f"execution provider '{name}' is not in this onnxruntime build; it has "
+                f"{', '.join(available)} (install onnxruntime-gpu for CUDA/TensorRT)"
+            )
+        chosen.append(provider)
+    return [*chosen, "CPUExecutionProvider"] if "CPUExecutionProvider" not in chosen else chosen
+
+
 def create_session(
     model: ir.Model | bytes | str | os.PathLike,
     *,
     level: OptLevel = "disable",
     threads: int | None = None,
+    inter_op_threads: int = 1,
     spinning: bool = False,
     optimized_model_path: str | os.PathLike | None = None,
     providers: list[str] | None = None,
@@ -54,10 +102,12 @@ def create_session(
     Args:
         model: An ``onnx_ir`` model, serialized bytes, or a path (needed for external data).
         level: onnxruntime graph optimization level; ``disable`` for verification.
-        threads: intra-op threads (None lets onnxruntime choose); inter-op is always 1.
+        threads: intra-op threads (None lets onnxruntime choose).
+        inter_op_threads: threads running independent graph branches in parallel; 1 (the
+            default) runs the graph sequentially, which is fastest for most models.
         spinning: allow idle worker threads to spin (fast, but steals cores from other sessions).
         optimized_model_path: ask onnxruntime to write the graph it optimized to this path.
-        providers: execution providers; defaults to CPU.
+        providers: execution providers; defaults to CPU (see ``choose_providers``).
         external_initializers: arrays by initializer name that replace the model's tensors of
             that name (typically external tensors without data, as in a version 2 ``.mpe``
             graph). onnxruntime uses CPU arrays in place, without copying, so the session keeps
@@ -74,7 +124,11 @@ def create_session(
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.log_severity_level = 3
-    options.inter_op_num_threads = 1
+    if inter_op_threads < 1:
+        raise UsageError(f"inter-op threads {inter_op_threads} must be >= 1")
+    options.inter_op_num_threads = inter_op_threads
+    if inter_op_threads > 1:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     if threads is not None:
         options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
