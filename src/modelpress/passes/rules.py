@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["const_array", "int_attr", "static_shape"]
+__all__ = ["const_array", "int_attr", "same_shape", "static_shape"]
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
@@ -27,6 +27,23 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     if not all(isinstance(d, int) for d in dims):
         return None
     return dims  # type: ignore[return-value]
+
+
+def same_shape(a: ir.Value | None, b: ir.Value | None) -> bool:
+    """Whether ``a`` and ``b`` surely have one shape.
+
+    Same rank, and each dim the same integer or the same named symbolic dim (unnamed or
+    unknown dims never match).
+    """
+    if a is None or b is None or a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    for x, y in zip(a.shape, b.shape, strict=True):
+        if isinstance(x, int) or isinstance(y, int):
+            if x != y:
+                return False
+        elif x.value is None or x.value != y.value:
+            return False
+    return True
 
 
 def int_attr(node: ir.Node, name: str, default: int) -> int:

@@ -107,3 +107,54 @@ def test_idempotent():
     once, _ = run_pass(FuseConvActivationPass(), model)
     _, changed = run_pass(FuseConvActivationPass(), once)
     assert changed is False
+
+
+@pytest.mark.parametrize("add", ["Add", "Sum"])
+@pytest.mark.parametrize("residual_first", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bare_residual_add_fuses_without_activation(add, residual_first, bias):
+    b = GraphBuilder()
+    x = b.input("x", ir.DataType.FLOAT, ["N", 4, 8, 8])
+    z = b.input("z", ir.DataType.FLOAT, ["N", 8, 8, 8])
+    conv = _conv(b, x, bias=bias)
+    model = b.build([b.op(add, z, conv) if residual_first else b.op(add, conv, z)])
+    after, changed = run_pass(FuseConvActivationPass(), model)
+    assert changed is True
+    assert ops(after) == {"com.microsoft::FusedConv": 1}
+    node = next(iter(after.graph))
+    assert len(node.inputs) == 4 and node.inputs[3].name == "z"
+    assert "activation" not in node.attributes
+    assert_equivalent(model, after, rtol=FP32, dim_values={"N": 3})
+
+
+def test_residual_add_followed_by_an_activation_keeps_the_activation_form():
+    b = GraphBuilder()
+    x = b.input("x", ir.DataType.FLOAT, [1, 4, 8, 8])
+    z = b.input("z", ir.DataType.FLOAT, [1, 8, 8, 8])
+    model = b.build([b.op("Relu", b.op("Add", _conv(b, x), z))])
+    after, _ = run_pass(FuseConvActivationPass(), model)
+    (node,) = list(after.graph)
+    assert node.attributes["activation"].as_string() == "Relu"
+
+
+def test_residual_with_another_named_dim_is_refused():
+    b = GraphBuilder()
+    x = b.input("x", ir.DataType.FLOAT, ["N", 4, 8, 8])
+    z = b.input("z", ir.DataType.FLOAT, ["M", 8, 8, 8])
+    model = b.build([b.op("Add", _conv(b, x), z)])
+    _, changed = run_pass(FuseConvActivationPass(), model)
+    assert changed is False
+
+
+def test_missing_intermediate_shapes_are_inferred_before_matching():
+    b = GraphBuilder()
+    x = b.input("x", ir.DataType.FLOAT, ["N", 4, 8, 8])
+    z = b.input("z", ir.DataType.FLOAT, ["N", 8, 8, 8])
+    model = b.build([b.op("Add", _conv(b, x), z)])
+    for node in model.graph:
+        if node.op_type == "Conv":
+            node.outputs[0].shape = None  # as exporters write it: no intermediate shapes
+    after, changed = run_pass(FuseConvActivationPass(), model)
+    assert changed is True
+    assert ops(after) == {"com.microsoft::FusedConv": 1}
+    assert_equivalent(model, after, rtol=FP32, dim_values={"N": 2})

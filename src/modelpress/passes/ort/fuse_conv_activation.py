@@ -1,4 +1,4 @@
-"""Fuse Conv + activation, and Conv + residual Add + activation, into onnxruntime's FusedConv.
+"""Fuse Conv + activation, and Conv + residual Add (+ activation), into onnxruntime's FusedConv.
 
 Before → after::
 
@@ -9,16 +9,21 @@ Before → after::
     s = Add(c, z)         (or Sum)     y = com.microsoft.FusedConv<activation="Relu">(x, W, B, z)
     y = Relu(s)                   =>
 
+    c = Conv(x, W, B)                  y = com.microsoft.FusedConv(x, W, B, z)
+    y = Add(c, z)                 =>   (no activation: a residual Add not followed by one)
+
 ``FusedConv`` computes ``act(conv(x, W) + B + z)`` in one MLAS kernel, so the activation and
 the residual addition cost no extra pass over memory (the brief's 算子融合: results stay in
-cache). onnxruntime itself fuses only the first form (at EXTENDED); the residual form saves
-one more node per residual block. Activations that MLAS fuses: Relu, LeakyRelu(alpha),
-Sigmoid, Tanh, Clip(min, max constant), HardSigmoid(alpha, beta).
+cache). onnxruntime itself fuses only the first form (at EXTENDED); the residual forms save
+one more node per residual block (the kernel writes the convolution onto ``z``'s buffer, so the
+Add costs no pass over memory). A bare residual Add is fused only when its result does not
+feed an activation the residual+activation form would take. Activations that MLAS fuses:
+Relu, LeakyRelu(alpha), Sigmoid, Tanh, Clip(min, max constant), HardSigmoid(alpha, beta).
 
 Refused per match: non-float32 Conv (the CPU kernel is float-only), an intermediate value
 with another consumer or that is a graph output, a residual ``z`` whose static shape is not
-exactly the Conv output's (FusedConv does not broadcast ``z``), Clip bounds that are not
-constants.
+the Conv output's (FusedConv does not broadcast ``z``; a symbolic dim matches the same named
+dim, e.g. both ``batch``), Clip bounds that are not constants.
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import collections.abc
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
 from onnxscript.rewriter import _basics as basics
 
 from modelpress.passes._rewriting import unique_names
 from modelpress.passes.base import RulesPass
-from modelpress.passes.rules import const_array, static_shape
+from modelpress.passes.rules import const_array, same_shape
 
 __all__ = ["FuseConvActivationPass"]
 
@@ -137,36 +143,73 @@ class _ConvAddActivation(RewriteRuleClassBase):
             return result.fail(reason)
         if not (_single_use(conv_out) and _single_use(add_out)):
             return result.fail("an intermediate value has other consumers")
-        conv_shape, z_shape = static_shape(conv_out), static_shape(z)
-        if conv_shape is None or conv_shape != z_shape:
-            return result.fail(f"residual shape {z_shape} is not the Conv output shape {conv_shape}")
+        if not same_shape(conv_out, z):
+            return result.fail(f"residual shape {z.shape} is not the Conv output shape {conv_out.shape}")
         return result
 
     def rewrite(self, op, x, z, conv_out, add_out, act_out):
         conv = conv_out.producer()
-        inputs = list(conv.inputs)
-        if len(inputs) < 3 or inputs[2] is None:
-            channels = conv.inputs[1].shape[0]  # type: ignore[index, union-attr]
-            # onnxscript silently replaces an initializer of the same name: take a fresh one.
-            (name,) = unique_names(conv.graph, [(conv.inputs[1].name or "conv") + "_zero_bias"])
-            inputs = [
-                inputs[0],
-                inputs[1],
-                op.initializer(ir.tensor(np.zeros(channels, np.float32)), name=name),
-            ]
         return op.FusedConv(
-            *inputs[:3],
+            *_with_bias(op, conv),
             z,
             _domain=MS_DOMAIN,
             **_fused_attributes(conv, act_out.producer(), self.activation),
         )
 
 
+class _ConvAdd(RewriteRuleClassBase):
+    """Conv + residual Add with no activation after it (MobileNetV2's linear bottlenecks)."""
+
+    def __init__(self, add: str) -> None:
+        super().__init__(name=f"FusedConv_{add}")
+        self.add = add
+
+    def pattern(self, op, x, z):
+        conv = op.Conv(x, _allow_other_inputs=True, _outputs=["conv_out"])
+        return getattr(op, self.add)(conv, z, _outputs=["add_out"])
+
+    def check(self, context, x, z, conv_out, add_out) -> basics.MatchResult:
+        result = basics.MatchResult()
+        if conv_out.dtype != ir.DataType.FLOAT:
+            return result.fail("FusedConv's CPU kernel is float32 only")
+        if not _single_use(conv_out):
+            return result.fail("Conv output has other consumers")
+        if any(use.node.op_type in _ACTIVATIONS and use.node.domain == "" for use in add_out.uses()):
+            return result.fail("the sum feeds an activation: left to the residual+activation form")
+        if not same_shape(conv_out, z):
+            return result.fail(f"residual shape {z.shape} is not the Conv output shape {conv_out.shape}")
+        return result
+
+    def rewrite(self, op, x, z, conv_out, add_out):
+        conv = conv_out.producer()
+        attributes = {name: attr for name, attr in conv.attributes.items()}
+        return op.FusedConv(*_with_bias(op, conv), z, _domain=MS_DOMAIN, **attributes)
+
+
+def _with_bias(op, conv: ir.Node) -> list[ir.Value]:
+    """Conv's (x, W, B), with a zero bias made when it has none (FusedConv's z is input 3)."""
+    inputs = list(conv.inputs)
+    if len(inputs) >= 3 and inputs[2] is not None:
+        return inputs[:3]
+    channels = conv.inputs[1].shape[0]  # type: ignore[index, union-attr]
+    # onnxscript silently replaces an initializer of the same name: take a fresh one.
+    (name,) = unique_names(conv.graph, [(conv.inputs[1].name or "conv") + "_zero_bias"])
+    return [inputs[0], inputs[1], op.initializer(ir.tensor(np.zeros(channels, np.float32)), name=name)]
+
+
+def _residual_shapes_missing(graph: ir.Graph) -> bool:
+    for node in graph:
+        if node.op_type == "Conv" and node.domain == "" and node.outputs[0].shape is None:
+            if any(use.node.op_type in ("Add", "Sum") for use in node.outputs[0].uses()):
+                return True
+    return False
+
+
 class FuseConvActivationPass(RulesPass):
-    """Fuse Conv (+ residual Add) + activation into onnxruntime's FusedConv."""
+    """Fuse Conv (+ residual Add) (+ activation) into onnxruntime's FusedConv."""
 
     name = "fuse-conv-activation-ort"
-    summary = "onnxruntime target: Conv(+residual Add)+activation -> com.microsoft FusedConv"
+    summary = "onnxruntime target: Conv(+residual Add)(+activation) -> com.microsoft FusedConv"
 
     def rules(self) -> collections.abc.Sequence[RewriteRule]:
         """Residual forms first (they contain the plain form)."""
@@ -175,10 +218,23 @@ class FuseConvActivationPass(RulesPass):
             for add in ("Add", "Sum"):
                 rules.extend(_ConvAddActivation.rule(activation, add).commute())
         rules.extend(_ConvActivation.rule(activation) for activation in _ACTIVATIONS)
+        for add in ("Add", "Sum"):
+            rules.extend(_ConvAdd.rule(add).commute())
         return rules
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        """Apply the rules; declare the com.microsoft opset when a FusedConv was made."""
+        """Apply the rules; declare the com.microsoft opset when a FusedConv was made.
+
+        The residual forms compare the Conv output's shape with the residual's: when a Conv
+        feeds an Add whose operands have no shape (exporters rarely write intermediate
+        shapes), ONNX shape inference fills them in first (best effort, in place: it only
+        adds shapes, so it does not count as a change).
+        """
+        if _residual_shapes_missing(model.graph):
+            try:
+                common_passes.ShapeInferencePass(strict_mode=False)(model)
+            except Exception:  # best effort: without shapes the residual forms are refused
+                pass
         result = super().call(model)
         if result.modified:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
