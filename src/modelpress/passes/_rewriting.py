@@ -11,7 +11,7 @@ import collections.abc
 
 import onnx_ir as ir
 
-__all__ = ["broadcast_shape", "unique_names"]
+__all__ = ["NameReserver", "broadcast_shape", "unique_names"]
 
 Dim = int | ir.SymbolicDim
 
@@ -25,6 +25,36 @@ def unique_names(graph: ir.Graph | None, bases: collections.abc.Sequence[str]) -
     taken: set[str] = set()
     if graph is not None:
         _collect_names(graph, taken)
+    return _reserve(taken, bases)
+
+
+class NameReserver:
+    """``unique_names`` for many rewrites of one pass run: each graph is scanned once.
+
+    The taken names of a graph are collected on first use and every name handed out is added
+    to them, so a pass that creates hundreds of initializers costs one scan per graph instead
+    of one per rewrite (on light_shufflenet, 98 scans were 40 % of fuse-batchnorm's time).
+    Names of values the rewrites delete stay reserved (harmless); names onnxscript gives new
+    values are its own ``val_N`` scheme, which the ``<base>_<suffix>`` bases never produce.
+    Make one per pass run (e.g. in ``rules()``), never share one across runs.
+    """
+
+    def __init__(self) -> None:
+        self._taken: dict[int, tuple[ir.Graph, set[str]]] = {}
+
+    def names(self, graph: ir.Graph | None, bases: collections.abc.Sequence[str]) -> list[str]:
+        """As ``unique_names(graph, bases)``."""
+        if graph is None:
+            return unique_names(None, bases)
+        entry = self._taken.get(id(graph))
+        if entry is None or entry[0] is not graph:
+            taken: set[str] = set()
+            _collect_names(graph, taken)
+            entry = self._taken[id(graph)] = (graph, taken)
+        return _reserve(entry[1], bases)
+
+
+def _reserve(taken: set[str], bases: collections.abc.Sequence[str]) -> list[str]:
     names = []
     for base in bases:
         name, count = base, 0

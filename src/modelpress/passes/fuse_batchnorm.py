@@ -30,7 +30,7 @@ from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
 from onnxscript.rewriter import _basics as basics
 from onnxscript.rewriter.rules import common as osr
 
-from modelpress.passes._rewriting import unique_names
+from modelpress.passes._rewriting import NameReserver
 from modelpress.passes.base import RulesPass
 from modelpress.passes.rules import const_array
 
@@ -82,19 +82,22 @@ def has_channel_statistics(bn: ir.Node) -> bool:
 class _DerivedNames:
     """Builder proxy: every initializer the wrapped rewrite creates gets a fresh ``<name>_bnfold``."""
 
-    def __init__(self, op, graph: ir.Graph | None) -> None:
+    def __init__(self, op, graph: ir.Graph | None, names: NameReserver) -> None:
         self._op = op
         self._graph = graph
+        self._names = names
 
     def __getattr__(self, attr: str):
         return getattr(self._op, attr)
 
     def initializer(self, tensor: ir.TensorProtocol, name: str | None = None) -> ir.Value:
         """Create the initializer under a derived name that collides with nothing."""
-        return self._op.initializer(tensor, name=unique_names(self._graph, [f"{name or 'bn'}_bnfold"])[0])
+        return self._op.initializer(
+            tensor, name=self._names.names(self._graph, [f"{name or 'bn'}_bnfold"])[0]
+        )
 
 
-def _checked(cls: type) -> type:
+def _checked(cls: type, names: NameReserver) -> type:
     """``cls`` (an onnxscript BN-fusion rule) with our inference/statistics checks and fresh names."""
 
     class Checked(cls):  # type: ignore[misc, valid-type]
@@ -108,7 +111,7 @@ def _checked(cls: type) -> type:
 
         def rewrite(self, op, x, inbound_out, batchnorm_out):
             graph = inbound_out.producer().graph
-            return super().rewrite(_DerivedNames(op, graph), x, inbound_out, batchnorm_out)
+            return super().rewrite(_DerivedNames(op, graph, names), x, inbound_out, batchnorm_out)
 
     Checked.__name__ = cls.__name__
     return Checked
@@ -116,6 +119,10 @@ def _checked(cls: type) -> type:
 
 class _FuseBatchNormIntoMatMul(RewriteRuleClassBase):
     """``BatchNormalization(MatMul(x, W))`` on a rank-2 output -> ``Gemm(x, W', B')``."""
+
+    def __init__(self, names: NameReserver) -> None:
+        super().__init__()
+        self.names = names
 
     def pattern(self, op, x, w):
         return op.BatchNormalization(
@@ -141,7 +148,7 @@ class _FuseBatchNormIntoMatMul(RewriteRuleClassBase):
         weight = const_array(w) * scale[np.newaxis, :]  # type: ignore[operator]
         graph = y.producer().graph
         stem = (w.name or "matmul_w") + "_bnfold"
-        w_name, b_name = unique_names(graph, [stem, stem + "_bias"])
+        w_name, b_name = self.names.names(graph, [stem, stem + "_bias"])
         return op.Gemm(
             x,
             op.initializer(ir.tensor(weight.astype(scale.dtype)), name=w_name),
@@ -159,4 +166,5 @@ class FuseBatchNormPass(RulesPass):
         """The Conv/ConvTranspose/Gemm rules of onnxscript (with our checks), then our MatMul rule."""
         fbn = osr._fuse_batchnorm
         classes = (fbn.FuseBatchNormIntoConv, fbn.FuseBatchNormIntoConvTranspose, fbn.FuseBatchNormIntoGemm)
-        return [*(_checked(cls)().rule() for cls in classes), _FuseBatchNormIntoMatMul().rule()]
+        names = NameReserver()  # one per run: see NameReserver
+        return [*(_checked(cls, names).rule() for cls in classes), _FuseBatchNormIntoMatMul.rule(names)]
