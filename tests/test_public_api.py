@@ -38,7 +38,31 @@ PUBLIC_API = {
     "modelpress.ir.stats": ["ModelStats", "ValueSummary", "count_nodes", "model_stats", "op_histogram"],
     "modelpress.runtime.feeds": ["DEFAULT_DIM", "MAX_FEED_ELEMENTS", "input_specs", "random_feeds"],
     "modelpress.runtime.compare": ["Comparison", "OutputDiff", "compare_models", "float_errors", "run_model"],
-    "modelpress.runtime.session": ["LEVELS", "OptLevel", "create_session", "run_session"],
+    "modelpress.runtime.session": [
+        "LEVELS",
+        "PROVIDER_PREFERENCE",
+        "OptLevel",
+        "choose_providers",
+        "create_session",
+        "run_session",
+    ],
+    "modelpress.runtime.stream": [
+        "IMAGE_SUFFIXES",
+        "concatenate_outputs",
+        "iter_batches",
+        "prefetch",
+        "read_samples",
+        "run_stream",
+    ],
+    "modelpress.deploy": [
+        "BenchSettings",
+        "DeployReport",
+        "Recipe",
+        "StageResult",
+        "deploy",
+        "load_recipe",
+        "parse_recipe",
+    ],
     "modelpress.quantize": ["OutputError", "QuantSpec", "QuantizeReport", "quantize_file", "quantize_model"],
 }
 
