@@ -19,12 +19,32 @@ divided by the plaintext size in GB (1e9 bytes); the report gives its median and
 the rounds, against the target of <= 0.3 s/GB (issue 4). Encryption speed and the file-size
 overhead (header + one 16-byte tag per chunk) are reported too.
 
+Opaque-operator obfuscation (``--what latency``): each model of the torch zoo (``resnet_like``,
+``mobilenetv2_like``, ``bert_like``, exported with constant folding) and the digits CNN is
+obfuscated with ``obfuscate_model(strength="high", opaque=True)`` and written with its
+operator library; then four sessions are opened at ``ORT_ENABLE_ALL`` with
+``session.intra_op.allow_spinning=0`` and ``--threads`` intra-op threads:
+
+* ``original``: the export, by path;
+* ``runtime``: ``open_model_session(OUT, mode="runtime")``: the opaque graph with the library
+  merged in memory (onnxruntime inlines the functions and folds the weight decoding);
+* ``transport``: ``open_model_session(OUT, mode="transport")``: the original graph restored;
+* ``zero-cost``: ``obfuscate_model(strength="high")`` without opaque operators (permuted and
+  rescaled channels, anonymized names), for reference.
+
+After warm-up, ``--runs`` rounds each run every session once in a fresh random order. The
+overhead of a mode is the per-round ratio ``mode / original - 1``: its median and p10-p90 are
+reported against the targets (runtime <= 10 %, transport and zero-cost <= 1 %), with the
+session creation time of each mode.
+
 Usage::
 
     .venv/bin/python bench/protect.py                  # ~300 MB model, 7 rounds, ~1-2 min on 2 cores
     .venv/bin/python bench/protect.py --mb 100 --rounds 3 --no-save   # quick look
+    .venv/bin/python bench/protect.py --what latency --runs 300       # opaque-operator run modes
 
-Results go to ``bench/results/protect.json`` and ``bench/results/protect.md`` (also printed).
+Results go to ``bench/results/protect.json`` and ``bench/results/protect.md`` (load overhead)
+and to ``bench/results/protect_modes.json`` / ``.md`` (run modes); the tables are also printed.
 """
 
 from __future__ import annotations
@@ -51,6 +71,9 @@ from modelpress.runtime.session import create_session
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_S_PER_GB = 0.3
+# Latency overhead targets of the run modes (issue 4).
+MODE_TARGETS = {"runtime": 0.10, "transport": 0.01, "zero-cost": 0.01}
+LATENCY_MODELS = ("resnet_like", "mobilenetv2_like", "bert_like", "digits_cnn")
 
 
 def build_model(megabytes: int, width: int = 2048) -> ir.Model:
@@ -196,22 +219,151 @@ def to_markdown(result: dict) -> str:
     )
 
 
+def export_latency_model(name: str, workdir: Path) -> Path:
+    """Export a zoo model (constant folding on) or the untrained digits CNN (same graph as trained)."""
+    import torch
+
+    from modelpress.examples.torch_models import ZOO, example_inputs, export_onnx
+
+    path = workdir / f"{name}.onnx"
+    if name == "digits_cnn":
+        from modelpress.examples.digits import INPUT_NAME, OUTPUT_NAME, build_digits_cnn
+
+        zeros = (torch.zeros(1, 1, 8, 8),)
+        names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
+        return export_onnx(build_digits_cnn(0).eval(), zeros, path, constant_folding=True, **names)
+    entry = ZOO[name]
+    return export_onnx(
+        entry.build(0),
+        example_inputs(entry),
+        path,
+        constant_folding=True,
+        input_names=list(entry.inputs),
+        output_names=list(entry.outputs),
+        dynamic_dims=entry.dynamic_dims,
+    )
+
+
+def _mode_sessions(source: Path, workdir: Path, threads: int) -> tuple[dict, dict[str, float]]:
+    """The four sessions of one model (checked equal to the original first) and their creation times."""
+    from modelpress.protect.obfuscate import obfuscate_model, verify_obfuscation, write_obfuscated
+    from modelpress.runtime.run import open_model_session
+
+    original = io.load(source)
+    opaque, _ = obfuscate_model(original.clone(), seed=0, strength="high", opaque=True)
+    files = write_obfuscated(opaque, workdir / f"{source.stem}.obf.onnx")
+    zero_cost, _ = obfuscate_model(original.clone(), seed=0, strength="high")
+    verify_obfuscation(original, zero_cost, dim_values={"batch": 1, "sequence": 16})
+    zero_cost_path = io.save(zero_cost, workdir / f"{source.stem}.zero.onnx")
+    openers = {
+        "original": lambda: create_session(source, level="all", threads=threads),
+        "runtime": lambda: open_model_session(files.model, level="all", threads=threads, mode="runtime"),
+        "transport": lambda: open_model_session(files.model, level="all", threads=threads, mode="transport"),
+        "zero-cost": lambda: create_session(zero_cost_path, level="all", threads=threads),
+    }
+    sessions, created = {}, {}
+    for arm, opener in openers.items():
+        started = time.perf_counter()
+        sessions[arm] = opener()
+        created[arm] = time.perf_counter() - started
+    return sessions, created
+
+
+def run_latency(models: list[str], runs: int, threads: int, workdir: Path) -> dict:
+    """Interleaved latency of the run modes against the original, per model."""
+    from modelpress.runtime.feeds import random_feeds
+
+    results = {}
+    for name in models:
+        source = export_latency_model(name, workdir)
+        sessions, created = _mode_sessions(source, workdir, threads)
+        feeds = random_feeds(io.load(source), seed=0, dim_values={"batch": 1, "sequence": 16})
+        reference = sessions["original"].run(None, feeds)
+        for arm, session in sessions.items():  # warm-up, and one more check of every mode
+            for got, want in zip(session.run(None, feeds), reference, strict=True):
+                assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-30), (name, arm)
+        for _ in range(max(10, runs // 20)):
+            for session in sessions.values():
+                session.run(None, feeds)
+        times: dict[str, list[float]] = {arm: [] for arm in sessions}
+        order_rng = random.Random(0)
+        for _ in range(runs):
+            arms = list(sessions)
+            order_rng.shuffle(arms)
+            for arm in arms:
+                started = time.perf_counter()
+                sessions[arm].run(None, feeds)
+                times[arm].append(time.perf_counter() - started)
+        base = times["original"]
+        results[name] = {
+            "latency_ms": {arm: _spread([1000 * t for t in values]) for arm, values in times.items()},
+            "overhead": {
+                arm: _spread([t / b - 1 for t, b in zip(values, base, strict=True)])
+                for arm, values in times.items()
+                if arm != "original"
+            },
+            "session_seconds": created,
+        }
+    return {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
+        "runs": runs,
+        "threads": threads,
+        "level": "all",
+        "targets": MODE_TARGETS,
+        "models": results,
+    }
+
+
+def latency_markdown(result: dict) -> str:
+    lines = [
+        f"# Opaque-operator run modes: latency overhead vs the original (onnxruntime ENABLE_ALL, "
+        f"{result['threads']} thread(s), spinning off, {result['runs']} interleaved rounds, batch 1, "
+        f"{result['machine']['cpus']} CPUs, load avg at end {result['machine']['loadavg_end'][0]:.2f})",
+        "",
+        "| model | original ms (median) | mode | overhead median | p10-p90 | target | verdict | session s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, data in result["models"].items():
+        base = data["latency_ms"]["original"]["median"]
+        for arm, stats in data["overhead"].items():
+            target = result["targets"][arm]
+            verdict = "PASS" if stats["median"] <= target else "FAIL"
+            lines.append(
+                f"| {name} | {base:.3f} | {arm} | {100 * stats['median']:+.2f} % | "
+                f"{100 * stats['p10']:+.1f} to {100 * stats['p90']:+.1f} % | <= {100 * target:.0f} % | "
+                f"{verdict} | {data['session_seconds'][arm]:.3f} (orig {data['session_seconds']['original']:.3f}) |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--what", choices=("load", "latency", "all"), default="all", help="What to measure.")
+    parser.add_argument("--runs", type=int, default=300, help="Latency rounds per model (default 300).")
+    parser.add_argument("--threads", type=int, default=1, help="Intra-op threads for latency (default 1).")
+    parser.add_argument("--models", nargs="*", default=list(LATENCY_MODELS), help="Latency models.")
     parser.add_argument("--mb", type=int, default=300, help="Model size in MB (default 300).")
     parser.add_argument("--rounds", type=int, default=7, help="Timed rounds (default 7).")
     parser.add_argument("--level", default="all", help="onnxruntime optimization level (default all).")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES)
     parser.add_argument("--no-save", action="store_true", help="Print only; do not write bench/results.")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="modelpress-bench-protect-") as tmp:
-        result = run(args.mb, args.rounds, args.level, args.chunk_bytes, Path(tmp))
-    text = to_markdown(result)
+    if args.what in ("load", "all"):
+        with tempfile.TemporaryDirectory(prefix="modelpress-bench-protect-") as tmp:
+            result = run(args.mb, args.rounds, args.level, args.chunk_bytes, Path(tmp))
+        _report(to_markdown(result), result, "protect", args.no_save)
+    if args.what in ("latency", "all"):
+        with tempfile.TemporaryDirectory(prefix="modelpress-bench-protect-") as tmp:
+            result = run_latency(args.models, args.runs, args.threads, Path(tmp))
+        _report(latency_markdown(result), result, "protect_modes", args.no_save)
+
+
+def _report(text: str, result: dict, stem: str, no_save: bool) -> None:
     print(text)
-    if not args.no_save:
+    if not no_save:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "protect.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "protect.md").write_text(text + "\n")
+        (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / f"{stem}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

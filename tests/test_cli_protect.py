@@ -145,7 +145,14 @@ def test_obfuscate_writes_an_equivalent_model_without_the_original_names(work):
 def test_obfuscate_and_encrypt_together(work):
     tmp_path, model, _, _ = work
     result = _run(
-        "protect", model, "-o", tmp_path / "o.mpe", "--obfuscate", "--encrypt", "--key-file", tmp_path / "k.key"
+        "protect",
+        model,
+        "-o",
+        tmp_path / "o.mpe",
+        "--obfuscate",
+        "--encrypt",
+        "--key-file",
+        tmp_path / "k.key",
     )
     assert result.exit_code == 0, result.output
     key = KeySource.from_file(tmp_path / "k.key")
@@ -275,3 +282,50 @@ def test_run_input_errors(work):
     assert result.exit_code == 2 and "no such input file" in result.output
     result = _run("run", model)
     assert result.exit_code == 2 and "no feed for input" in result.output
+
+
+def _opaque(tmp_path, model, *extra: object):
+    return _run("protect", model, "-o", tmp_path / "o.onnx", "--obfuscate", "--opaque", "--seed", 3, *extra)
+
+
+@pytest.mark.parametrize("mode", ["runtime", "transport"])
+def test_opaque_obfuscation_writes_a_library_and_runs_in_both_modes(work, mode):
+    tmp_path, model, x, _ = work
+    result = _opaque(tmp_path, model, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["library"] == str(tmp_path / "o.mplib") and report["library_encrypted"] is False
+    assert "seed" not in report and report["regions"]
+    result = _run("run", tmp_path / "o.onnx", "--input", x, "--mode", mode, "-o", tmp_path / "y.npz")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "y.npz") as archive:
+        for name, want in zip(archive.files, _expected(np.load(x)), strict=True):
+            np.testing.assert_allclose(archive[name], want, rtol=1e-5)
+
+
+def test_opaque_obfuscation_with_a_key_encrypts_the_library(work):
+    tmp_path, model, x, key = work
+    result = _opaque(tmp_path, model, "--key-file", tmp_path / "k.key")
+    assert result.exit_code == 0, result.output
+    assert "o.mplib" in result.output and "encrypted" in result.output
+    assert (tmp_path / "o.mplib").read_bytes().startswith(b"\x89MPE")
+    result = _run("run", tmp_path / "o.onnx", "--input", x)
+    assert result.exit_code == 7 and "library is encrypted" in result.output
+    result = _run(
+        "run", tmp_path / "o.onnx", "--input", x, "--key-file", tmp_path / "k.key", "--mode", "transport"
+    )
+    assert result.exit_code == 0, result.output
+    assert key.hex() not in result.output
+
+
+def test_opaque_obfuscation_errors(work):
+    tmp_path, model, x, _ = work
+    result = _run("protect", model, "-o", tmp_path / "o.onnx", "--opaque")
+    assert result.exit_code == 2 and "add --obfuscate" in result.output
+    assert _opaque(tmp_path, model).exit_code == 0
+    result = _run("run", tmp_path / "o.onnx", "--input", x, "--mode", "fast")
+    assert result.exit_code == 2 and "unknown run mode" in result.output
+    (tmp_path / "o.mplib").unlink()
+    result = _run("run", tmp_path / "o.onnx", "--input", x)
+    assert result.exit_code == 7 and "operator library not found" in result.output
+    assert "Traceback" not in result.output

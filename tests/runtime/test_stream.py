@@ -181,10 +181,28 @@ def test_run_cli_over_a_folder_through_a_package(tmp_path):
     )
     assert result.exit_code == 0, result.output
     with np.load(out) as data:
-        expected = pipeline().postprocess(
-            {"logits": pipeline().preprocess({"x": rows})["x"] @ W}
-        )
+        expected = pipeline().postprocess({"logits": pipeline().preprocess({"x": rows})["x"] @ W})
         np.testing.assert_array_equal(data["logits.indices"], expected["logits.indices"])
         assert data["logits.labels"].dtype.kind == "U"
     result = CliRunner().invoke(app, ["run", str(package), "--input-dir", str(folder), "--input", "x.npy"])
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_run_cli_threading_and_provider_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from modelpress.cli.main import app
+    from modelpress.ir import io
+    from tests.package._builders import W, classifier
+
+    model = io.save(classifier(), tmp_path / "clf.onnx")
+    x = np.ones((2, 4), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = ["run", str(model), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]
+    result = CliRunner().invoke(
+        app, [*args, "--threads", "1", "--inter-op-threads", "2", "--providers", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), x @ W, rtol=1e-6)
+    result = CliRunner().invoke(app, [*args, "--providers", "tensorrt"])
+    assert result.exit_code == 2 and "not in this onnxruntime build" in result.output

@@ -118,6 +118,29 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _print_quality(report: BenchReport) -> None:
+    rated = [m for m in report.models if m.quality is not None]
+    if not rated:
+        return
+    first = escape(report.models[0].name)
+    table = Table(
+        "model", "rows", "top-1 accuracy", f"top-1 agreement vs {first}", "cosine", "max |Δ|",
+        title="output quality on --data (accuracy needs a 'labels' array)",
+    )
+    for m in rated:
+        q = m.quality
+        assert q is not None
+        table.add_row(
+            escape(m.name),
+            str(q.samples),
+            _fmt(q.accuracy, ".2%"),
+            _fmt(q.agreement_vs_first, ".2%"),
+            _fmt(q.cosine_vs_first, ".6f"),
+            _fmt(q.max_abs_diff_vs_first),
+        )
+    console.print(table)
+
+
 def _print_report(report: BenchReport) -> None:
     models = Table("model", "kind", "size (KiB)", "load (ms)", "peak RSS rise (MiB)", title="models")
     for m in report.models:
@@ -125,6 +148,7 @@ def _print_report(report: BenchReport) -> None:
             escape(m.name), m.kind, f"{m.model_bytes / 1024:.1f}", f"{m.load_ms:.2f}", _fmt(m.peak_rss_mb)
         )
     console.print(models)
+    _print_quality(report)
     ratios = {(r["model"], r["batch"], r["threads"]): r for r in report.ratios()}
     split = any(m.pipeline for m in report.models)
     title = f"latency (ms), samples/s, and ratios to {escape(report.models[0].name)}"

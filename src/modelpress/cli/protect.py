@@ -2,9 +2,11 @@
 
 Keys are never printed: commands show the key *id* (16 hex digits derived from the key), which
 is enough to tell keys apart. ``--obfuscate`` applies the library-free, zero-cost transforms
-(channel permutation, positive rescaling, name anonymization); the opaque-operator obfuscation
-with an operator library (issue #4, steps 2-6) is not implemented yet. Obfuscation seeds are
-secret like keys (they invert the permutation) and are never printed either.
+(channel permutation, positive rescaling, name anonymization); ``--obfuscate --opaque`` also
+compresses key subgraphs into opaque operators with scrambled weights, decoys and anonymous
+op types, whose implementations go to an operator library ``OUT.mplib`` beside ``OUT``
+(encrypted when a key is given; ``modelpress run --mode runtime|transport`` merges it back).
+Obfuscation seeds are secret like keys (they invert the permutation) and are never printed.
 """
 
 from __future__ import annotations
@@ -82,7 +84,14 @@ def keygen(
 
 def protect(
     model: Annotated[Path, typer.Argument(help="ONNX model to protect (never modified).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Protected file to write (.mpe).")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Protected file to write: .mpe with --encrypt, else .onnx (--opaque adds OUT.mplib).",
+        ),
+    ],
     encrypt: Annotated[
         bool, typer.Option("--encrypt", help="Encrypt with AES-256-GCM into an .mpe file.")
     ] = False,
@@ -91,7 +100,18 @@ def protect(
         typer.Option(
             "--obfuscate",
             help="Permute and rescale hidden channels and anonymize names: same outputs, same speed, "
-            "runs on stock onnxruntime (opaque-operator obfuscation: not implemented yet).",
+            "runs on stock onnxruntime (add --opaque for opaque operators).",
+        ),
+    ] = False,
+    opaque: Annotated[
+        bool,
+        typer.Option(
+            "--opaque",
+            help="With --obfuscate: also compress key subgraphs (Conv+BN+Relu, MatMul+Add+GELU, attention, "
+            "LayerNorm) into opaque operators, scramble their weights, add decoys and anonymize op types. "
+            "The operators go to an operator library OUT.mplib beside OUT (encrypted when a key is given); "
+            "`modelpress run/serve/bench` find it there. Run with `modelpress run OUT --mode runtime` "
+            "(opaque graph) or `--mode transport` (original graph restored in memory).",
         ),
     ] = False,
     strength: Annotated[
@@ -111,7 +131,10 @@ def protect(
 
     --obfuscate writes an .onnx (or, with --encrypt, an .mpe) whose hidden channels are
     permuted and rescaled and whose names are meaningless; it is checked on onnxruntime to
-    give the same outputs (rtol 1e-5) before anything is written. --encrypt writes an .mpe
+    give the same outputs (rtol 1e-5) before anything is written. --obfuscate --opaque also
+    writes OUT.mplib, the operator library the model needs (with --key-file it is encrypted;
+    with --encrypt the model is too); both run modes are checked before writing.
+    --encrypt writes an .mpe
     holding the whole model (external-data weights included) in authenticated chunks;
     `modelpress run OUT.mpe --key-file K` runs it. Wrong keys and damaged or tampered files are
     refused with exit code 7.
@@ -119,6 +142,8 @@ def protect(
     from modelpress.protect.encrypt import encrypt_model
 
     try:
+        if opaque and not obfuscate:
+            raise UsageError("--opaque is a kind of obfuscation: add --obfuscate")
         if not (encrypt or obfuscate):
             raise UsageError("choose a protection: --encrypt, --obfuscate, or both")
         source = key_source(key_file, key_env, required=encrypt)
@@ -126,7 +151,19 @@ def protect(
         protected: object = model
         obfuscation = None
         if obfuscate:
-            protected, obfuscation = _obfuscate(model, strength, seed)
+            protected, obfuscation = _obfuscate(model, strength, seed, opaque)
+            if opaque:
+                from modelpress.protect.obfuscate import write_obfuscated
+
+                files = write_obfuscated(
+                    protected,  # type: ignore[arg-type]
+                    output,
+                    source,
+                    encrypt=encrypt,
+                    chunk_bytes=chunk_bytes,
+                )
+                _print_obfuscation(model, output, obfuscation, time.perf_counter() - started, as_json, files)
+                return
             if not encrypt:
                 from modelpress.ir import io
 
@@ -162,24 +199,33 @@ def protect(
     )
 
 
-def _obfuscate(model: Path, strength: str, seed: int | None) -> tuple[object, object]:
-    """Load, obfuscate a copy, check it against the original; return (model, report)."""
+def _obfuscate(model: Path, strength: str, seed: int | None, opaque: bool = False) -> tuple[object, object]:
+    """Load, obfuscate a copy, check it against the original (both run modes); return (model, report)."""
     import secrets
 
     from modelpress.ir import io
-    from modelpress.protect.obfuscate import obfuscate_model, verify_obfuscation
+    from modelpress.protect.obfuscate import obfuscate_model, restore_original, verify_obfuscation
 
     original = io.load(model)
     chosen = secrets.randbits(63) if seed is None else seed
-    obfuscated, report = obfuscate_model(original.clone(), seed=chosen, strength=strength)
-    verify_obfuscation(original, obfuscated)
+    obfuscated, report = obfuscate_model(original.clone(), seed=chosen, strength=strength, opaque=opaque)
+    verify_obfuscation(original, obfuscated)  # runtime mode: the functions are still inside
+    if opaque:
+        verify_obfuscation(original, restore_original(obfuscated.clone()))  # transport mode
     return obfuscated, report
 
 
-def _print_obfuscation(model: Path, output: Path, report: object, seconds: float, as_json: bool) -> None:
+def _print_obfuscation(
+    model: Path, output: Path, report: object, seconds: float, as_json: bool, files: object = None
+) -> None:
     data = report.to_json()  # type: ignore[attr-defined]
     data.pop("seed", None)  # secret: it inverts the permutation
     summary = {"input": str(model), "output": str(output), "seconds": round(seconds, 3), **data}
+    if files is not None:
+        summary["library"] = str(files.library)  # type: ignore[attr-defined]
+        summary["model_bytes"] = files.model_bytes  # type: ignore[attr-defined]
+        summary["library_bytes"] = files.library_bytes  # type: ignore[attr-defined]
+        summary["library_encrypted"] = files.library_encrypted  # type: ignore[attr-defined]
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -189,5 +235,14 @@ def _print_obfuscation(model: Path, output: Path, report: object, seconds: float
         f"equal on onnxruntime (rtol 1e-5); {seconds:.2f} s",
         highlight=False,
     )
+    if files is not None:
+        console.print(
+            f"  {len(data['regions'])} subgraphs compressed into opaque operators, weights scrambled, decoys "
+            f"added, op types anonymized (runtime and transport modes checked); wrote {escape(str(output))} "
+            f"({summary['model_bytes'] / 2**20:.2f} MiB) and its operator library "
+            f"{escape(str(summary['library']))} ({summary['library_bytes'] / 2**20:.2f} MiB, "
+            f"{'encrypted' if summary['library_encrypted'] else 'NOT encrypted: add --key-file to encrypt'})",
+            highlight=False,
+        )
     for reason in data["left_alone"][:10]:
         console.print(f"  left alone: {escape(reason)}", highlight=False)

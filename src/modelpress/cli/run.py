@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
 import typer
 from rich.markup import escape
 
@@ -72,6 +73,24 @@ def run(
     threads: Annotated[
         int | None, typer.Option(min=1, help="onnxruntime intra-op threads [default: onnxruntime's choice].")
     ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="For a model obfuscated with --opaque: runtime (opaque graph, operator library merged in "
+            "memory) or transport (original graph restored in memory, no overhead)."
+        ),
+    ] = "runtime",
+    inter_op_threads: Annotated[
+        int,
+        typer.Option(min=1, help="Threads running independent graph branches in parallel (1: sequential)."),
+    ] = 1,
+    providers: Annotated[
+        str,
+        typer.Option(
+            help="Execution providers: auto (TensorRT/CUDA/... when this onnxruntime build has them, then "
+            "CPU), or a comma-separated list such as cuda,cpu."
+        ),
+    ] = "auto",
 ) -> None:
     """Run a model or a package; an encrypted .mpe model is decrypted in memory, never on disk.
 
@@ -79,20 +98,31 @@ def run(
     the next batches read and pre-processed while the current one runs.
     """
     from modelpress.package import load_package
-    from modelpress.runtime.run import load_array, run_model_file, save_outputs
+    from modelpress.runtime.run import bind_inputs, load_array, open_model_session, save_outputs
+    from modelpress.runtime.session import run_session
 
     try:
         key = key_source(key_file, key_env, required=False)
+        options = {
+            "level": level,
+            "threads": threads,
+            "inter_op_threads": inter_op_threads,
+            "providers": "auto"
+            if providers == "auto"
+            else [p.strip() for p in providers.split(",") if p.strip()],
+            "mode": mode,
+        }
+        package = load_package(model) if model.is_dir() else None
         if input_dir is not None:
             if inputs:
                 raise UsageError("give inputs either with --input or with --input-dir, not both")
             outputs = _run_folder(
-                model, input_dir, key, level=level, batch=batch, prefetch=prefetch, threads=threads
+                model, package, input_dir, key, batch=batch, prefetch=prefetch, options=options
             )
-        elif model.is_dir():
-            package = load_package(model)
+        elif package is not None:
             positional, named = _package_inputs(inputs or [], package.pipeline)
-            outputs = package.run(positional, key, named=named, level=level, threads=threads)  # type: ignore[arg-type]
+            session = package.open_session(key, **options)  # type: ignore[arg-type]
+            outputs = package.run(positional, named=named, session=session)
         else:
             positional, named = [], {}
             for spec in inputs or []:
@@ -101,7 +131,9 @@ def run(
                     positional.append(load_array(file))
                 else:
                     named[name] = load_array(file)
-            outputs = run_model_file(model, positional, key, named=named, level=level, threads=threads)  # type: ignore[arg-type]
+            session = open_model_session(model, key, **options)  # type: ignore[arg-type]
+            feeds = bind_inputs([value.name for value in session.get_inputs()], positional, named)
+            outputs = {name: np.asarray(value) for name, value in run_session(session, feeds).items()}
         if output is not None:
             written = save_outputs(outputs, output)
     except ModelpressError as e:
@@ -119,23 +151,28 @@ def run(
 
 
 def _run_folder(
-    model: Path, folder: Path, key: object, *, level: str, batch: int, prefetch: int, threads: int | None
+    model: Path,
+    package: Any,
+    folder: Path,
+    key: object,
+    *,
+    batch: int,
+    prefetch: int,
+    options: dict[str, Any],
 ) -> dict:
     """Every sample of ``folder`` through the model (or package) in batches, with a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from modelpress.cli._output import err_console
-    from modelpress.package import load_package
     from modelpress.pipeline.preprocess import DecodeImageStep
     from modelpress.runtime.run import open_model_session
     from modelpress.runtime.session import run_session
     from modelpress.runtime.stream import concatenate_outputs, read_samples, run_stream
 
-    package = load_package(model) if model.is_dir() else None
     if package is not None:
-        session = package.open_session(key, level=level, threads=threads)  # type: ignore[arg-type]
+        session = package.open_session(key, **options)
     else:
-        session = open_model_session(model, key, level=level, threads=threads)  # type: ignore[arg-type]
+        session = open_model_session(model, key, **options)  # type: ignore[arg-type]
     pipeline = package.pipeline if package is not None else None
     names = [value.name for value in session.get_inputs()]
     ranks = {

@@ -77,16 +77,23 @@ class Package:
         return data
 
     def open_session(
-        self, key: Key | None = None, *, level: OptLevel = "all", threads: int | None = None
+        self,
+        key: Key | None = None,
+        *,
+        level: OptLevel = "all",
+        threads: int | None = None,
+        **options: typing.Any,
     ) -> Session:
         """An onnxruntime session on the verified model bytes (decrypted in memory if ``.mpe``).
+
+        ``options`` go to ``open_model_session`` (``inter_op_threads``, ``providers``, ``mode``).
 
         Raises:
             PackageError: see ``read_model``. ProtectionError: no key or a wrong key for a
                 ``.mpe`` model. ModelLoadError: onnxruntime refuses the model.
         """
         return open_model_session(
-            self.read_model(), key, level=level, threads=threads, where=str(self.model_path)
+            self.read_model(), key, level=level, threads=threads, where=str(self.model_path), **options
         )
 
     def run(

@@ -7,6 +7,12 @@ plaintext never touches the disk. A plain file is validated with
 ``modelpress.ir.io.load`` (it is untrusted input) and opened by path, so external data works.
 Arrays are read from ``.npy`` files without ever unpickling, and outputs are written
 atomically as ``.npy`` (one output) or ``.npz`` (any number).
+
+A model obfuscated into opaque operators (``protect --obfuscate --opaque``) needs the operator
+library written beside it (``MODEL.mplib``, see ``modelpress.protect.obfuscate.library``): it is
+found there, checked against the model, decrypted with the same key when encrypted, and
+merged in memory. ``mode="runtime"`` runs the opaque graph (onnxruntime inlines the
+operators), ``mode="transport"`` restores the original graph in memory first.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import onnxruntime as ort
 
 from modelpress.errors import ProtectionError, UsageError
 from modelpress.ir import io
-from modelpress.protect.encrypt import MAGIC, decrypt_model, is_encrypted
+from modelpress.protect.encrypt import MAGIC, decrypt_model, is_encrypted, load_encrypted
 from modelpress.protect.keys import Key
-from modelpress.runtime.session import OptLevel, create_session, run_session
+from modelpress.protect.obfuscate.library import LIBRARY_METADATA, MODES, attach_library, has_library
+from modelpress.runtime.session import OptLevel, choose_providers, create_session, run_session
 
 __all__ = ["bind_inputs", "load_array", "open_model_session", "run_model_file", "save_outputs"]
 
@@ -38,39 +45,66 @@ def open_model_session(
     level: OptLevel = "all",
     threads: int | None = None,
     where: str | None = None,
+    mode: str = "runtime",
+    library: str | os.PathLike | bytes | None = None,
+    inter_op_threads: int = 1,
+    providers: str | list[str] = "cpu",
 ) -> ort.InferenceSession:
     """An onnxruntime session for a model file; ``.mpe`` files are decrypted in memory.
 
     Args:
         path: A plain ONNX file or an encrypted ``.mpe`` file, or the bytes of either (a
             package passes the bytes it has just verified, so that what runs is what was hashed).
-        key: The key of an encrypted file (bytes or a ``KeySource``); ignored for plain files.
+        key: The key of an encrypted file or operator library (bytes or a ``KeySource``);
+            ignored for plain files.
         level: onnxruntime graph optimization level (``all`` for deployment).
         threads: intra-op threads (None lets onnxruntime choose).
         where: The name used in messages (defaults to the path, or ``<bytes>``).
+        mode: For a model with an operator library: ``runtime`` (the opaque graph, library
+            merged in memory) or ``transport`` (the original graph restored in memory).
+            Ignored for other models.
+        library: The operator library (path or bytes) when it is not beside ``path``.
+        inter_op_threads: Threads for independent graph branches (1: sequential).
+        providers: ``auto`` (accelerators this onnxruntime build has, then the CPU), a
+            provider name or a list (see ``runtime.session.choose_providers``); ``cpu`` default.
 
     Raises:
-        ProtectionError: the file is encrypted and no key, a wrong key or a damaged file was given.
+        UsageError: an unknown ``mode``.
+        ProtectionError: the file is encrypted and no key, a wrong key or a damaged file was
+            given; or its operator library is missing, altered, from another model, or
+            encrypted and the key is missing or wrong.
         ModelLoadError: the (decrypted) model cannot be read or loaded by onnxruntime.
     """
+    if mode not in MODES:
+        raise UsageError(f"unknown run mode '{mode}'; choose one of: {', '.join(MODES)}")
+    options = {
+        "level": level,
+        "threads": threads,
+        "inter_op_threads": inter_op_threads,
+        "providers": choose_providers(providers),
+    }
     if isinstance(path, bytes):
         where, encrypted = where or "<bytes>", path.startswith(MAGIC)
     else:
         where, encrypted = where or str(path), is_encrypted(path)
+    model_path = None if isinstance(path, bytes) else path
     if encrypted:
         if key is None:
             raise ProtectionError(
                 f"{where}: the model is encrypted (.mpe); give its key with --key-file or --key-env"
             )
         decrypted = decrypt_model(path, key)
-        return create_session(
-            decrypted.model_bytes,
-            level=level,
-            threads=threads,
-            external_initializers=decrypted.external_initializers,
-        )
-    io.load(path)
-    return create_session(path, level=level, threads=threads)
+        if LIBRARY_METADATA.encode() not in decrypted.model_bytes:
+            return create_session(
+                decrypted.model_bytes, external_initializers=decrypted.external_initializers, **options
+            )
+        model = load_encrypted(path, key)
+    else:
+        model = io.load(path)
+        if not has_library(model):
+            return create_session(path, **options)
+    attach_library(model, model_path=model_path, key=key, library=library, mode=mode)
+    return create_session(model, **options)
 
 
 def run_model_file(
@@ -81,6 +115,7 @@ def run_model_file(
     named: Arrays | None = None,
     level: OptLevel = "all",
     threads: int | None = None,
+    mode: str = "runtime",
 ) -> dict[str, np.ndarray]:
     """Run a model file once and return every output by name.
 
@@ -92,6 +127,8 @@ def run_model_file(
             the model's order (like ``f(*inputs, **named)``).
         level: onnxruntime graph optimization level.
         threads: intra-op threads (None lets onnxruntime choose).
+        mode: ``runtime`` or ``transport`` for a model with an operator library (see
+            ``open_model_session``).
 
     Raises:
         UsageError: an input name is unknown, too many or too few arrays were given.
@@ -99,7 +136,7 @@ def run_model_file(
         ModelLoadError: the model cannot be loaded.
         InvalidModelError: onnxruntime failed while running (wrong dtype or shape of a feed).
     """
-    session = open_model_session(path, key, level=level, threads=threads)
+    session = open_model_session(path, key, level=level, threads=threads, mode=mode)
     names = [value.name for value in session.get_inputs()]
     if isinstance(inputs, collections.abc.Mapping):
         named, inputs = {**inputs, **(named or {})}, ()

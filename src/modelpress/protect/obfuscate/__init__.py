@@ -26,6 +26,22 @@ so diffing against a known checkpoint or reading the graph by its names fails. T
 structure stays visible, and the transforms are linear-algebra symmetries an attacker who
 knows about them can partly undo (e.g. by sorting channels by weight norm); use encryption
 (``modelpress.protect.encrypt``) for confidentiality at rest.
+
+Opaque operators (``opaque=True``, issue 4 steps 2-6) go further and need an operator
+library at run time. After the passes of the strength (names last), four more run::
+
+    compress-subgraphs   every key subgraph (Conv+BN+Relu, MatMul+Add+GELU, attention, LayerNorm)
+                         and the glue between them becomes one node calling a model-local function
+    scramble-weights     every weight stored permuted and scaled by powers of two (exact); the
+                         inverse (Mul/Gather/Reshape by constants) goes into the function
+    expand-graph         decoy operators, fake outputs and ignored inputs
+    anonymize-op-types   every function its own meaningless type, in meaningless domains
+
+``library.write_obfuscated`` then writes the functions to ``OUT.mplib`` beside the model
+(encrypted when a key is given), and ``library.attach_library`` merges them back in memory:
+``runtime`` mode lets onnxruntime inline them (it folds the decoding into constants at
+session creation), ``transport`` mode restores the plain graph first (``restore``). The model
+file alone holds no standard op, no original name and no original weight bytes.
 """
 
 from __future__ import annotations
@@ -35,26 +51,55 @@ import dataclasses
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from modelpress.errors import UsageError
 from modelpress.passes.base import Instrument, ModelpressPass, PassManager, PassRecord
 from modelpress.protect.obfuscate._channel_groups import ChannelGroup, find_channel_groups
+from modelpress.protect.obfuscate._regions import find_regions
 from modelpress.protect.obfuscate.anonymize import AnonymizeNamesPass
+from modelpress.protect.obfuscate.anonymize_ops import AnonymizeOpTypesPass
+from modelpress.protect.obfuscate.compress_subgraphs import CompressSubgraphsPass
+from modelpress.protect.obfuscate.expand_graph import ExpandGraphPass
+from modelpress.protect.obfuscate.library import (
+    LIBRARY_SUFFIX,
+    MODES,
+    WrittenFiles,
+    attach_library,
+    has_library,
+    library_path,
+    write_obfuscated,
+)
 from modelpress.protect.obfuscate.permute_channels import PermuteChannelsPass
 from modelpress.protect.obfuscate.rescale_channels import RescaleChannelsPass
+from modelpress.protect.obfuscate.restore import restore_original
+from modelpress.protect.obfuscate.scramble_weights import ScrambleWeightsPass
 from modelpress.runtime.compare import Comparison, compare_models
 
 __all__ = [
+    "LIBRARY_SUFFIX",
+    "MODES",
+    "OPAQUE_PASSES",
     "STRENGTHS",
     "AnonymizeNamesPass",
+    "AnonymizeOpTypesPass",
     "ChannelGroup",
+    "CompressSubgraphsPass",
+    "ExpandGraphPass",
     "ObfuscationReport",
     "PermuteChannelsPass",
     "RescaleChannelsPass",
+    "ScrambleWeightsPass",
+    "WrittenFiles",
+    "attach_library",
     "find_channel_groups",
+    "has_library",
+    "library_path",
     "obfuscate_model",
     "obfuscation_passes",
+    "restore_original",
     "verify_obfuscation",
+    "write_obfuscated",
 ]
 
 STRENGTHS: dict[str, tuple[str, ...]] = {
@@ -62,6 +107,13 @@ STRENGTHS: dict[str, tuple[str, ...]] = {
     "medium": ("permute-channels", "anonymize-names"),
     "high": ("permute-channels", "rescale-channels", "anonymize-names"),
 }
+# Run after the strength's channel passes and before anonymize-names when ``opaque`` is asked.
+OPAQUE_PASSES: tuple[str, ...] = (
+    "compress-subgraphs",
+    "scramble-weights",
+    "expand-graph",
+    "anonymize-op-types",
+)
 
 
 @dataclasses.dataclass
@@ -76,6 +128,9 @@ class ObfuscationReport:
         permuted: Groups permute-channels transformed (0 when it did not run).
         rescaled: Groups rescale-channels transformed (0 when it did not run).
         left_alone: ``"group: reason"`` for each group a channel pass that ran did not touch.
+        opaque: Whether opaque operators were made (the model then needs its library).
+        regions: The op types of each compressed subgraph (``Conv+BatchNormalization+Relu``);
+            empty unless ``opaque``.
     """
 
     seed: int
@@ -85,6 +140,8 @@ class ObfuscationReport:
     permuted: int
     rescaled: int
     left_alone: list[str]
+    opaque: bool = False
+    regions: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         """The report as JSON-serializable data."""
@@ -93,8 +150,8 @@ class ObfuscationReport:
         return data
 
 
-def obfuscation_passes(seed: int, strength: str = "medium") -> list[ModelpressPass]:
-    """The passes of ``strength``, each seeded from ``seed`` independently of the others.
+def obfuscation_passes(seed: int, strength: str = "medium", *, opaque: bool = False) -> list[ModelpressPass]:
+    """The passes of ``strength`` (plus ``OPAQUE_PASSES`` when ``opaque``), each seeded independently.
 
     Raises:
         UsageError: an unknown strength, or a seed that is not a non-negative integer.
@@ -107,13 +164,24 @@ def obfuscation_passes(seed: int, strength: str = "medium") -> list[ModelpressPa
         "permute-channels": PermuteChannelsPass,
         "rescale-channels": RescaleChannelsPass,
         "anonymize-names": AnonymizeNamesPass,
+        "compress-subgraphs": lambda _seed: CompressSubgraphsPass(),
+        "scramble-weights": ScrambleWeightsPass,
+        "expand-graph": ExpandGraphPass,
+        "anonymize-op-types": AnonymizeOpTypesPass,
     }
     passes = []
-    for index, name in enumerate(STRENGTHS[strength]):
+    for index, name in enumerate(_pass_names(strength, opaque)):
         # One independent stream per pass: the permutation does not depend on the strength.
         pass_seed = int(np.random.SeedSequence([int(seed), index]).generate_state(1)[0])
         passes.append(factories[name](pass_seed))
     return passes
+
+
+def _pass_names(strength: str, opaque: bool) -> tuple[str, ...]:
+    names = STRENGTHS[strength]
+    if not opaque:
+        return names
+    return (*(n for n in names if n != "anonymize-names"), *OPAQUE_PASSES, "anonymize-names")
 
 
 def obfuscate_model(
@@ -121,6 +189,7 @@ def obfuscate_model(
     *,
     seed: int,
     strength: str = "medium",
+    opaque: bool = False,
     instruments: collections.abc.Sequence[Instrument] = (),
 ) -> tuple[ir.Model, ObfuscationReport]:
     """Obfuscate ``model`` in place (clone it first to keep the original).
@@ -129,6 +198,9 @@ def obfuscate_model(
         model: The model; its main graph's input and output names are kept.
         seed: Makes the result reproducible: the same seed and model give the same bytes.
         strength: ``low``, ``medium`` or ``high`` (see the module docstring).
+        opaque: Also compress subgraphs into opaque operators, scramble weights, add decoys
+            and anonymize op types. The model then holds its operators as model-local
+            functions; ``write_obfuscated`` splits them off into the operator library.
         instruments: Passed to ``PassManager`` (e.g. IR verification after each pass).
 
     Returns:
@@ -136,17 +208,32 @@ def obfuscate_model(
 
     Raises:
         UsageError: an unknown strength or a bad seed.
+        PreconditionError: ``opaque`` on a model with control flow or its own functions.
         PassError: a pass failed (a bug); the message names the pass and those before it.
     """
-    passes = obfuscation_passes(seed, strength)
+    passes = obfuscation_passes(seed, strength, opaque=opaque)
     groups = find_channel_groups(model.graph)  # before the names change, for a readable report
+    regions: list[str] = []
+    if opaque:
+        CompressSubgraphsPass().requires(model)
+        regions = [region.label() for region in find_regions(_sorted_lifted(model))]
     records = PassManager(passes, max_rounds=1, instruments=instruments)(model)
     ran = set(STRENGTHS[strength])
     permuted = sum(g.can_permute() for g in groups) if "permute-channels" in ran else 0
     rescaled = sum(g.can_rescale() for g in groups) if "rescale-channels" in ran else 0
     left_alone = [f"{g.label}: {_why_left_alone(g, ran)}" for g in groups if _why_left_alone(g, ran)]
     report = ObfuscationReport(int(seed), strength, records, len(groups), permuted, rescaled, left_alone)
+    if opaque:
+        report.opaque, report.regions = True, regions
     return model, report
+
+
+def _sorted_lifted(model: ir.Model) -> ir.Graph:
+    """A copy of the main graph as compress-subgraphs sees it (constants lifted, sorted)."""
+    copy = model.clone()
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(copy)
+    copy.graph.sort()
+    return copy.graph
 
 
 def _why_left_alone(group: ChannelGroup, ran: set[str]) -> str | None:

@@ -20,8 +20,8 @@ Kept by default: the model's interface, i.e. the names of the main graph's input
 (callers feed and fetch by name; an initializer that is also listed as a graph input is part
 of the interface too, since a caller may override it). ``rename_interface=True`` renames
 those as well: the model then no longer runs with the original feed names. Also kept: op
-types and domains (anonymizing those needs an operator library, see issue 4), attribute
-names, the producer name and version, and the opset imports.
+types and domains (``anonymize-op-types`` renames those of opaque operators, which live in an
+operator library), attribute names, the producer name and version, and the opset imports.
 
 The function of the model is untouched (same nodes, same tensors), so outputs are bitwise
 equal. Not idempotent by design: every run draws new symbols.
