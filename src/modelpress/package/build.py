@@ -6,7 +6,9 @@ replaced only when asked (``overwrite=True``, ``--force``), and only when it is 
 empty folder: a typo in ``-o`` never deletes a folder of other files.
 
 The model is validated before it is copied (a plain model is read with ``ir.io.load``, an
-encrypted one must have a sound ``.mpe`` header) and renamed ``model.onnx`` or ``model.mpe``.
+encrypted one must have a sound ``.mpe`` header) and renamed ``model.onnx`` or ``model.mpe``;
+the operator library of a model obfuscated into opaque operators (``MODEL.mplib`` beside it)
+goes in as ``model.mplib``, listed and hashed like every file.
 Models with external data files are refused: a package holds one model file.
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 
 from modelpress.errors import ModelLoadError, ModelSaveError, PackageError, UsageError
 from modelpress.ir import io
-from modelpress.package.manifest import MANIFEST_NAME, PIPELINE_NAME, FileEntry, Manifest
+from modelpress.package.manifest import LIBRARY_NAME, MANIFEST_NAME, PIPELINE_NAME, FileEntry, Manifest
 from modelpress.pipeline import Pipeline
 from modelpress.protect.encrypt import MAGIC, read_header
 
@@ -69,6 +71,9 @@ def build_package(
     _check_destination(dest, overwrite)
     model_bytes, model_name, key_id = _read_model(Path(model_path), key_id)
     files = {model_name: model_bytes}
+    library = _read_library(Path(model_path), model_bytes)
+    if library is not None:
+        files[LIBRARY_NAME] = library
     if pipeline is not None:
         files[PIPELINE_NAME] = _pipeline_bytes(pipeline)
     manifest = Manifest(
@@ -124,6 +129,28 @@ def _read_model(path: Path, key_id: str | None) -> tuple[bytes, str, str | None]
             "save it with its weights inline (under 2 GiB) or encrypt it to .mpe"
         ) from e
     return data, "model.onnx", None
+
+
+def _read_library(path: Path, model_bytes: bytes) -> bytes | None:
+    """The operator library beside an obfuscated model (``MODEL.mplib``), or None.
+
+    Raises:
+        PackageError: a plain model that needs a library has none beside it.
+    """
+    from modelpress.protect.obfuscate.library import has_library, library_path
+
+    beside = library_path(path)
+    if beside.is_file():
+        try:
+            return beside.read_bytes()
+        except OSError as e:
+            raise ModelLoadError(f"{beside}: cannot read the operator library: {e}") from e
+    if not model_bytes.startswith(MAGIC) and has_library(io.load(model_bytes)):
+        raise PackageError(
+            f"{path}: the model is obfuscated into opaque operators, but its library {beside.name} is not "
+            "beside it; keep the two files together"
+        )
+    return None
 
 
 def _pipeline_bytes(pipeline: Pipeline | str | os.PathLike) -> bytes:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from modelpress.errors import PackageError, UsageError
-from modelpress.package.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, sha256_file
+from modelpress.package.manifest import LIBRARY_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, sha256_file
 from modelpress.pipeline import Pipeline
 from modelpress.protect.encrypt import MAGIC
 from modelpress.protect.keys import Key
@@ -66,14 +66,17 @@ class Package:
         Raises:
             PackageError: the file is gone or its content differs from the manifest.
         """
-        name = self.manifest.model
+        return self._read_verified(self.manifest.model)
+
+    def _read_verified(self, name: str) -> bytes:
+        path = self.root / name
         try:
-            data = _read_regular(self.model_path)
+            data = _read_regular(path)
         except OSError as e:
-            raise PackageError(f"{self.model_path}: cannot read the model: {e}") from e
+            raise PackageError(f"{path}: cannot read the file: {e}") from e
         expected = self.manifest.files[name]
         if len(data) != expected.size or hashlib.sha256(data).hexdigest() != expected.sha256:
-            raise PackageError(f"{self.model_path}: the model changed since the package was loaded")
+            raise PackageError(f"{path}: the file changed since the package was loaded")
         return data
 
     def open_session(
@@ -92,6 +95,8 @@ class Package:
             PackageError: see ``read_model``. ProtectionError: no key or a wrong key for a
                 ``.mpe`` model. ModelLoadError: onnxruntime refuses the model.
         """
+        if LIBRARY_NAME in self.manifest.files and "library" not in options:
+            options["library"] = self._read_verified(LIBRARY_NAME)
         return open_model_session(
             self.read_model(), key, level=level, threads=threads, where=str(self.model_path), **options
         )

@@ -41,6 +41,7 @@ from modelpress.errors import PackageError
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LIBRARY_NAME",
     "MANIFEST_NAME",
     "MAX_MANIFEST_BYTES",
     "MODEL_SUFFIXES",
@@ -55,6 +56,8 @@ FORMAT = "modelpress-package"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PIPELINE_NAME = "pipeline.yaml"
+# The operator library of a model obfuscated into opaque operators, when it has one.
+LIBRARY_NAME = "model.mplib"
 MODEL_SUFFIXES = (".onnx", ".mpe")
 # A manifest holds names, hashes, step parameters and metrics: anything larger is not one.
 MAX_MANIFEST_BYTES = 2**20
@@ -195,20 +198,22 @@ class Manifest:
 def check_layout(
     model: object, pipeline: object, files: collections.abc.Mapping[str, object], where: str
 ) -> None:
-    """A package holds its model, its pipeline when it has one, and nothing else.
+    """A package holds its model, its pipeline and operator library when it has them, no more.
+
+    The operator library (``model.mplib``) belongs to a model obfuscated into opaque operators.
 
     Raises:
-        PackageError: a bad model or pipeline name, or ``files`` not exactly those two.
+        PackageError: a bad model or pipeline name, or ``files`` not exactly those.
     """
     if not isinstance(model, str) or not model.startswith("model.") or not model.endswith(MODEL_SUFFIXES):
         raise PackageError(f"{where}: 'model' must be model.onnx or model.mpe, got {model!r}")
     if pipeline not in (None, PIPELINE_NAME):
         raise PackageError(f"{where}: 'pipeline' must be {PIPELINE_NAME!r} or null, got {pipeline!r}")
     expected = {model} | ({pipeline} if pipeline else set())
-    if set(files) != expected:
+    if not expected <= set(files) or set(files) - expected - {LIBRARY_NAME}:
         raise PackageError(
             f"{where}: 'files' lists {sorted(files)}, but a package with this model and pipeline holds "
-            f"exactly {sorted(expected)}"
+            f"exactly {sorted(expected)} (and {LIBRARY_NAME} for an obfuscated model)"
         )
 
 
