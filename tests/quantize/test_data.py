@@ -154,3 +154,156 @@ def test_corrupt_and_pickled_files_are_refused(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"PK broken zip")
     with pytest.raises(CalibrationError, match=r"bad\.npz: cannot read the file"):
         CalibrationData(tmp_path, _image())
+
+
+# --- image folders (--calib DIR --calib-pipeline pipeline.yaml) -------------------------------
+
+GRAY_PIPELINE = """
+inputs:
+  image:
+    - decode_image: {mode: L}
+    - resize: {size: [8, 8]}
+    - to_tensor
+"""
+
+
+def _write_images(folder, count, size=(12, 10), mode="L", suffix=".png"):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size[1], size[0]) + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+        Image.fromarray(pixels, mode).save(folder / f"img{i:02d}{suffix}")
+
+
+def _pipeline(tmp_path, text=GRAY_PIPELINE):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_images_are_preprocessed_by_the_pipeline_in_batches(tmp_path):
+    from modelpress.quantize.data import ImageFolderData, open_samples
+
+    _write_images(tmp_path / "imgs", 35)
+    _write_images(tmp_path / "imgs" / "nested", 2, suffix=".JPG")
+    (tmp_path / "imgs" / "README.txt").write_text("ignored")
+    data = open_samples(tmp_path / "imgs", _image(), pipeline=_pipeline(tmp_path))
+    assert isinstance(data, ImageFolderData) and len(data) == 37
+    batches = list(data)
+    assert [f["image"].shape for f in batches] == [(32, 1, 8, 8), (5, 1, 8, 8)]
+    assert batches[0]["image"].dtype == np.float32
+    assert 0.0 <= batches[0]["image"].min() and batches[0]["image"].max() <= 1.0
+    assert len(list(data)) == 2  # re-iterable
+    assert len(ImageFolderData(tmp_path / "imgs", _image(batch=1), _pipeline(tmp_path), num_samples=3)) == 3
+    assert [
+        f["image"].shape[0]
+        for f in ImageFolderData(tmp_path / "imgs", _image(batch=1), _pipeline(tmp_path), num_samples=3)
+    ] == [1, 1, 1]
+
+
+def test_an_image_folder_without_a_pipeline_says_how_to_use_it(tmp_path):
+    _write_images(tmp_path / "imgs", 2)
+    with pytest.raises(CalibrationError, match=r"holds 2 image file\(s\): pass --calib-pipeline"):
+        CalibrationData(tmp_path / "imgs", _image())
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "image folder '.*' does not exist"),
+        ("no-images", r"holds no image \(.png, .jpg"),
+        ("garbage", r"bad.png: not a readable image"),
+        ("truncated", r"img00.png: .*step 'decode_image': image 0 cannot be decoded"),
+        (
+            "wrong-size",
+            r"img00.png: the pipeline makes input 'image' \[1, 1, 9, 9\], the model expects \[N, 1, 8, 8\]",
+        ),
+        ("wrong-input", r"the model has input\(s\) image and the pipeline preprocesses pixels"),
+    ],
+)
+def test_bad_image_folders_and_pipelines(tmp_path, case, message):
+    from modelpress.quantize.data import ImageFolderData
+
+    folder = tmp_path / "imgs"
+    pipeline = _pipeline(tmp_path)
+    if case != "missing":
+        _write_images(folder, 1)
+    if case == "no-images":
+        (folder / "img00.png").unlink()
+        (folder / "notes.txt").write_text("x")
+    elif case == "garbage":
+        (folder / "bad.png").write_bytes(b"not an image at all")
+    elif case == "truncated":
+        data = (folder / "img00.png").read_bytes()
+        (folder / "img00.png").write_bytes(data[: len(data) // 2])
+    elif case == "wrong-size":
+        pipeline = _pipeline(tmp_path, GRAY_PIPELINE.replace("[8, 8]", "[9, 9]"))
+    elif case == "wrong-input":
+        pipeline = _pipeline(tmp_path, GRAY_PIPELINE.replace("  image:", "  pixels:"))
+    with pytest.raises(CalibrationError, match=message):
+        list(ImageFolderData(folder, _image(), pipeline))
+
+
+def test_image_calibration_end_to_end(tmp_path):
+    from modelpress.ir import io
+    from modelpress.quantize import QuantSpec, quantize_file
+
+    _write_images(tmp_path / "imgs", 6, mode="RGB")
+    pipeline = _pipeline(
+        tmp_path,
+        "inputs:\n  x:\n    - decode_image\n    - resize: {size: 8}\n    - center_crop: {size: 8}\n"
+        "    - to_tensor\n    - normalize: {mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}\n",
+    )
+    source = io.save(builders.conv_relu(), tmp_path / "float.onnx")
+    report = quantize_file(
+        source, tmp_path / "q.onnx", QuantSpec(), calib_dir=tmp_path / "imgs", calib_pipeline=pipeline
+    )
+    assert report.calibration_samples == 6 and report.eval_samples == 6
+
+
+# --- eval folders (--eval DIR): inputs plus labels --------------------------------------------
+
+
+def test_eval_labels_follow_the_batches(tmp_path):
+    from modelpress.quantize.data import EvalData
+
+    np.savez(tmp_path / "a.npz", image=_rand(3, 1, 8, 8), labels=np.array([1, 2, 3]))
+    np.savez(tmp_path / "b.npz", _rand(1, 8, 8), labels=np.int64(7))  # one sample (any key), scalar label
+    data = EvalData(tmp_path, _image(batch=1))
+    assert data.has_labels and len(data) == 4
+    assert [labels.tolist() for _, labels in data] == [[1], [2], [3], [7]]
+    assert [feeds["image"].shape for feeds, _ in data] == [(1, 1, 8, 8)] * 4
+
+
+def test_eval_data_without_labels_and_images(tmp_path):
+    from modelpress.quantize.data import EvalData
+
+    np.save(tmp_path / "a.npy", _rand(2, 1, 8, 8))
+    data = EvalData(tmp_path, _image())
+    assert not data.has_labels and [labels for _, labels in data] == [None]
+    _write_images(tmp_path / "imgs", 3)
+    images = EvalData(tmp_path / "imgs", _image(), pipeline=_pipeline(tmp_path))
+    assert not images.has_labels and [f["image"].shape for f, _ in images] == [(3, 1, 8, 8)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (
+            np.array([0.5, 1.5]),
+            r"'labels' must hold 2 integer class indices \(one per sample\), found float64 \[2\]",
+        ),
+        (np.array([1, 2, 3]), r"'labels' must hold 2 integer class indices .* found int64 \[3\]"),
+        (None, r"b.npz: no 'labels' array, but a.npz has one"),
+    ],
+)
+def test_bad_eval_labels(tmp_path, labels, message):
+    from modelpress.quantize.data import EvalData
+
+    np.savez(tmp_path / "a.npz", image=_rand(2, 1, 8, 8), labels=np.array([0, 1]))
+    extra = {} if labels is None else {"labels": labels}
+    np.savez(tmp_path / "b.npz", image=_rand(2, 1, 8, 8), **extra)
+    with pytest.raises(CalibrationError, match=message):
+        EvalData(tmp_path, _image())

@@ -23,18 +23,46 @@ from modelpress.errors import ModelpressError
 __all__ = ["quantize", "register"]
 
 _MODE_HELP = (
-    "static: int8 weights + calibrated uint8/int8 activations (fast CNNs); weight-only: int8 weights only "
-    "(small); dynamic: int8 MatMul/Gemm weights, activations quantized at run time (transformers, no "
-    "data; Conv stays float); fp16: float16 weights/activations, inputs/outputs float32, --calib adds a "
-    "range check; bf16: refused (onnxruntime CPU has no bfloat16 kernels)."
+    "static: int8 weights + calibrated uint8/int8 activations (fast CNNs); weight-only: int8 (or "
+    "--bits 4) weights only (small); dynamic: int8 MatMul/Gemm weights, activations quantized at run "
+    "time (transformers, no data; Conv stays float); fp16: float16 weights/activations, inputs/outputs "
+    "float32, --calib adds a range check; bf16: weights stored bfloat16 (half size, float32 range), "
+    "cast to float32 at load (onnxruntime CPU has no bfloat16 kernels)."
 )
 _FP16_TARGET_HELP = (
     "fp16 mode: cpu converts only ops onnxruntime's CPU provider runs in float16 (on x86: none of "
     "MatMul/Conv, so only weights shrink); any converts every op not on the block list (CUDA, ARM64)."
 )
+_BITS_HELP = "Weight bits: 8, or 4 with --mode weight-only (block-wise MatMul/Gemm weights and embeddings)."
+_FORMAT_HELP = (
+    "4-bit format: ort (onnxruntime's MatMulNBits/GatherBlockQuantized kernels) or qdq (standard "
+    "blocked DequantizeLinear, opset 21; portable, slower)."
+)
+_ALGORITHM_HELP = (
+    "4-bit levels: rtn (round to nearest, no data, same weights as onnxruntime's quantizer) or gptq "
+    "(minimizes each layer's output error on --calib data; more accurate)."
+)
 _CALIB_HELP = "Folder of .npy/.npz calibration files (one sample or a batch each; .npz keys = input names)."
 _CALIBRATOR_HELP = "How activation ranges are chosen: minmax, percentile, entropy (KL) or mse."
 _ACT_HELP = "Activation dtype; default uint8 on x86 (U8S8 kernels), int8 elsewhere."
+_PIPELINE_HELP = (
+    "pipeline.yaml whose input steps (decode_image, resize, center_crop, to_tensor, normalize) turn the "
+    "images of --calib DIR (and --eval DIR) into model inputs."
+)
+_BIAS_HELP = "Static: subtract from each Conv/Gemm bias the mean shift its weight rounding causes."
+_VARIANCE_HELP = "With --bias-correction: also match each output channel's variance (per-channel weights)."
+_MAX_DROP_HELP = (
+    "Accuracy-aware static mode: allowed metric drop (0.01 = 1 point of top-1); the fewest nodes are kept "
+    "float to meet it. The best model found is always written; exit code 6 when the budget is not met."
+)
+_EVAL_HELP = (
+    "Eval folder for --max-drop: .npz files with the input arrays and an optional integer 'labels' array "
+    "(without labels the float model's outputs are the reference), or images with --calib-pipeline."
+)
+_METRIC_HELP = "auto (accuracy with labels, else cosine), accuracy, agreement (top-1 vs float) or cosine."
+# Exit code when the accuracy budget is not met (the best model is written all the same):
+# NumericMismatchError's code, the model is outside its numeric contract.
+_BUDGET_NOT_MET_EXIT = 6
 
 
 def register(app: typer.Typer) -> None:
@@ -65,9 +93,40 @@ def quantize(
     ] = None,
     upgrade_opset: Annotated[
         bool,
-        typer.Option("--upgrade-opset", help="Convert a model below opset 13 first instead of refusing it."),
+        typer.Option(
+            "--upgrade-opset",
+            help="Convert a model below the opset the mode needs (13; 21 for --format qdq) first.",
+        ),
     ] = False,
     fp16_target: Annotated[str, typer.Option("--fp16-target", help=_FP16_TARGET_HELP)] = "cpu",
+    bits: Annotated[int, typer.Option("--bits", help=_BITS_HELP)] = 8,
+    block_size: Annotated[
+        int, typer.Option("--block-size", help="4-bit: weights per block (a power of 2, >= 16).")
+    ] = 32,
+    symmetric: Annotated[
+        bool,
+        typer.Option(
+            "--symmetric/--asymmetric", help="4-bit: zero-point-free blocks, or a zero point per block."
+        ),
+    ] = True,
+    weight_format: Annotated[str, typer.Option("--format", help=_FORMAT_HELP)] = "ort",
+    weight_algorithm: Annotated[str, typer.Option("--algorithm", help=_ALGORITHM_HELP)] = "rtn",
+    accuracy_level: Annotated[
+        int,
+        typer.Option(
+            "--accuracy-level",
+            help="4-bit ort format: MatMulNBits accuracy_level (0 float activations; 4 int8, faster).",
+        ),
+    ] = 0,
+    calib_pipeline: Annotated[Path | None, typer.Option("--calib-pipeline", help=_PIPELINE_HELP)] = None,
+    bias_correction: Annotated[bool, typer.Option("--bias-correction", help=_BIAS_HELP)] = False,
+    variance_correction: Annotated[bool, typer.Option("--variance-correction", help=_VARIANCE_HELP)] = False,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help=_MAX_DROP_HELP)] = None,
+    eval_dir: Annotated[Path | None, typer.Option("--eval", help=_EVAL_HELP)] = None,
+    eval_metric: Annotated[str, typer.Option("--eval-metric", help=_METRIC_HELP)] = "auto",
+    eval_output: Annotated[
+        str | None, typer.Option("--eval-output", help="Output the --max-drop metric reads (default: first).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Quantize a float32 model (int8 or float16) and report size, kernels and output error.
@@ -89,6 +148,14 @@ def quantize(
             percentile=percentile,
             exclude_nodes=frozenset(exclude or ()),
             fp16_target=fp16_target,
+            bits=bits,
+            block_size=block_size,
+            symmetric_weights=symmetric,
+            weight_format=weight_format,
+            weight_algorithm=weight_algorithm,
+            accuracy_level=accuracy_level,
+            bias_correction=bias_correction,
+            variance_correction=variance_correction,
         )
         with _progress(enabled=not as_json) as progress:
             report = quantize_file(
@@ -99,10 +166,24 @@ def quantize(
                 num_samples=num_samples,
                 upgrade_opset=upgrade_opset,
                 progress=progress,
+                calib_pipeline=calib_pipeline,
+                eval_dir=eval_dir,
+                max_drop=max_drop,
+                eval_metric=eval_metric,
+                eval_output=eval_output,
             )
     except ModelpressError as e:
         raise fail(e) from e
     emit(report, as_json, _print_report)
+    accuracy = report.accuracy
+    if accuracy is not None and not accuracy.met:
+        err_console.print(
+            f"[bold red]accuracy budget not met[/]: {accuracy.metric} drop {accuracy.drop:.3g} > "
+            f"--max-drop {accuracy.max_drop:g} even with {len(accuracy.kept_float)} node(s) in float; the "
+            f"best model found was written to {escape(str(output))}",
+            highlight=False,
+        )
+        raise typer.Exit(_BUDGET_NOT_MET_EXIT)
 
 
 @contextlib.contextmanager
@@ -117,7 +198,8 @@ def _progress(*, enabled: bool) -> Any:
 
         def advance(phase: str, samples: int, total: int | None) -> None:
             if phase not in tasks:
-                tasks[phase] = bar.add_task(f"{phase} (samples)", total=total)
+                label = phase if phase.endswith(")") else f"{phase} (samples)"
+                tasks[phase] = bar.add_task(label, total=total)
             bar.advance(tasks[phase], samples)
 
         yield advance
@@ -130,7 +212,7 @@ def _print_report(report: Any) -> None:
         header += f" --calibrator {spec['calibrator']}: {report.calibration_samples} calibration samples"
         header += f" in {report.calibration_seconds:.2f} s"
     console.print(header, highlight=False)
-    converted = "float16" if report.mode == "fp16" else "quantized"
+    converted = {"fp16": "float16", "bf16": "bfloat16 weights"}.get(report.mode, "quantized")
     table = Table("op", converted, "float32", title="nodes by op type")
     for op, counts in report.op_counts.items():
         table.add_row(escape(op), str(counts["quantized"]), str(counts["float"]))
@@ -143,6 +225,18 @@ def _print_report(report: Any) -> None:
             f"Casts: {inserted['casts']}",
             highlight=False,
         )
+    elif report.mode == "bf16":
+        console.print(
+            f"bfloat16 weights: {inserted['bfloat16_weights']}, Casts: {inserted['casts']}", highlight=False
+        )
+    elif "int4_matmul_weights" in inserted:
+        console.print(
+            f"weights int4: MatMul/Gemm {inserted['int4_matmul_weights']}, Gather "
+            f"{inserted['int4_gather_tables']} (blocks of {spec['block_size']}, "
+            f"{'symmetric' if spec['symmetric_weights'] else 'asymmetric'}, {spec['weight_format']}, "
+            f"{spec['weight_algorithm']})",
+            highlight=False,
+        )
     elif report.mode == "dynamic":
         console.print(
             f"weights int8: {inserted['int8_weights']} "
@@ -152,7 +246,61 @@ def _print_report(report: Any) -> None:
         )
     else:
         _print_int8(inserted, spec)
+    _print_bias_correction(report.bias_correction)
+    _print_accuracy(report.accuracy)
     _print_tail(report)
+
+
+def _print_bias_correction(result: Any) -> None:
+    if result is None:
+        return
+    console.print(
+        f"bias correction: {len(result.corrected)} node(s) corrected"
+        + (f", variance corrected: {len(result.variance_corrected)}" if result.variance_corrected else ""),
+        highlight=False,
+    )
+    table = Table("output", "mean error before", "mean error after", title="output mean error vs float")
+    for name, before in result.mean_error_before.items():
+        table.add_row(escape(name), f"{before:.3g}", f"{result.mean_error_after[name]:.3g}")
+    console.print(table)
+    for node, reason in result.skipped.items():
+        console.print(f"[yellow]bias not corrected[/]: {escape(node)}: {escape(reason)}", highlight=False)
+
+
+def _print_accuracy(result: Any) -> None:
+    if result is None:
+        return
+    table = Table(
+        "node",
+        "op",
+        "output error",
+        "gain if float",
+        "loss if alone",
+        "precision",
+        "why",
+        title=f"accuracy-aware: {result.metric} of '{escape(result.output)}', {result.eval_samples} samples",
+    )
+    number = lambda x: "-" if x is None else f"{x + 0.0:.3g}"  # noqa: E731  (+ 0.0: no "-0")
+    for layer in result.layers:
+        precision = "[yellow]float32[/]" if layer.kept_float else "int8"
+        table.add_row(
+            escape(layer.node),
+            layer.op_type,
+            number(layer.output_error),
+            number(layer.gain_if_float),
+            number(layer.loss_if_alone),
+            precision,
+            escape(layer.reason),
+        )
+    console.print(table)
+    verdict = "[green]met[/]" if result.met else "[bold red]NOT met[/]"
+    console.print(
+        f"{result.metric}: float {result.float_metric:.4f}, all int8 {result.int8_metric:.4f}, "
+        f"final {result.final_metric:.4f} (drop {result.drop:.3g}, budget {result.max_drop:g}: {verdict}); "
+        f"{len(result.kept_float)} node(s) kept float, {result.candidates} candidate models in "
+        f"{result.seconds:.2f} s",
+        highlight=False,
+    )
 
 
 def _print_int8(inserted: Any, spec: Any) -> None:

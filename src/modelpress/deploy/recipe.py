@@ -16,6 +16,8 @@ data:                             # raw inputs, as the deployed package receives
 stages:                           # run in this order; leave one out to skip it
   optimize: {level: all, target: onnxruntime}
   quantize: {mode: static, calibrator: minmax, num_samples: 512}
+                                  #   max_drop: 0.01 keeps the fewest nodes float to lose <= 1 point
+                                  #   of top-1 on the eval data; bias_correction: true
   protect: {encrypt: true}        # key_file: K (default: a new key in the work folder)
 bench: {batch: [1, 8], threads: [2], runs: 30}
 ```
@@ -54,8 +56,10 @@ _STAGE_KEYS = {
         "reduce_range",
         "num_samples",
         "exclude_nodes",
+        "bias_correction",
+        "max_drop",
     },
-    "protect": {"encrypt", "key_file", "obfuscate", "seed"},
+    "protect": {"encrypt", "key_file", "obfuscate", "opaque", "seed"},
 }
 
 
@@ -152,6 +156,14 @@ def parse_recipe(data: object, *, base: Path, where: str = "recipe") -> Recipe:
             f"{where}: stages.quantize (static) needs calibration data: add data.calib (a folder of "
             ".npy/.npz rows), or choose mode: dynamic or weight-only"
         )
+    max_drop = stages.get("quantize", {}).get("max_drop")
+    if max_drop is not None:
+        if not isinstance(max_drop, int | float) or isinstance(max_drop, bool) or not 0 <= max_drop < 1:
+            raise UsageError(f"{where}: stages.quantize.max_drop must be a number in [0, 1), e.g. 0.01")
+        if not (data_section.get("example") or data_section.get("eval")):
+            raise UsageError(
+                f"{where}: stages.quantize.max_drop needs labelled eval data: add data.eval (rows + 'labels')"
+            )
     if stages.get("optimize", {}).get("target") == "onnxruntime" and "quantize" in stages:
         raise UsageError(
             f"{where}: stages.optimize target onnxruntime writes com.microsoft fused ops the quantizer "
@@ -218,8 +230,14 @@ def _stages(value: object, base: Path, where: str) -> dict[str, dict[str, typing
                 options["key_file"] = _path(
                     options["key_file"], base, f"{where}.protect.key_file", must_exist=True
                 )
-            if not options.get("encrypt", True) and not options.get("obfuscate"):
-                raise UsageError(f"{where}.protect: choose encrypt: true and/or obfuscate: low|medium|high")
+            if (
+                not options.get("encrypt", True)
+                and not options.get("obfuscate")
+                and not options.get("opaque")
+            ):
+                raise UsageError(
+                    f"{where}.protect: choose encrypt: true and/or obfuscate: low|medium|high (opaque: true)"
+                )
             if options.get("obfuscate") is not None:
                 _choice(options["obfuscate"], ("low", "medium", "high"), f"{where}.protect.obfuscate")
         stages[stage] = options

@@ -157,7 +157,7 @@ def deploy(
             path, details = _optimize(stages[-1].model_path, root, options)
             steps.append({"step": "optimize", **{k: v for k, v in options.items() if k != "verify"}})
         elif stage == "quantize":
-            path, details = _quantize(stages[-1].model_path, root, options, calib, pipeline)
+            path, details = _quantize(stages[-1].model_path, root, options, calib, pipeline, eval_path)
             steps.append({"step": "quantize", **options})
         else:
             path, details, key, key_file = _protect(stages[-1].model_path, root, options)
@@ -278,11 +278,12 @@ def _quantize(
     options: dict[str, typing.Any],
     calib: dict[str, np.ndarray] | None,
     pipeline: Pipeline | None,
+    eval_path: Path | None,
 ) -> tuple[Path, dict[str, typing.Any]]:
     from modelpress.quantize import QuantSpec, quantize_file
     from modelpress.quantize.spec import default_activation_dtype
 
-    spec_options = {k: v for k, v in options.items() if k != "num_samples"}
+    spec_options = {k: v for k, v in options.items() if k not in ("num_samples", "max_drop")}
     spec_options.setdefault("activation_dtype", default_activation_dtype())
     if "exclude_nodes" in spec_options:
         spec_options["exclude_nodes"] = frozenset(spec_options["exclude_nodes"])
@@ -297,8 +298,35 @@ def _quantize(
         spec.mode, spec.mode
     )
     path = root / f"model.{suffix}.onnx"
-    report = quantize_file(source, path, spec, samples=samples)
+    accuracy: dict[str, typing.Any] = {}
+    if options.get("max_drop") is not None and eval_path is not None:
+        accuracy = {
+            "eval_dir": _model_ready_eval(load_data(eval_path), pipeline, root / "data" / "eval_model"),
+            "max_drop": float(options["max_drop"]),
+        }
+    report = quantize_file(source, path, spec, samples=samples, **accuracy)
     return path, report.to_json()
+
+
+def _model_ready_eval(raw: dict[str, np.ndarray], pipeline: Pipeline | None, folder: Path) -> Path:
+    """The eval rows, pre-processed into model inputs, with their labels, as ``.npz`` files.
+
+    The accuracy-aware quantizer feeds the model directly, without the pipeline. It tunes on
+    these rows, so the benchmark's accuracy of that stage is measured on the data it was tuned
+    on (the README says so).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.npz"):
+        stale.unlink()
+    labels = raw.get(LABELS_KEY)
+    rows = {name: np.asarray(value) for name, value in raw.items() if name != LABELS_KEY}
+    total = min(len(v) for v in rows.values())
+    for index, start in enumerate(range(0, total, 64)):
+        chunk = {name: value[start : start + 64] for name, value in rows.items()}
+        feeds = pipeline.preprocess(chunk) if pipeline is not None else chunk
+        extra = {LABELS_KEY: np.asarray(labels)[start : start + 64]} if labels is not None else {}
+        np.savez(folder / f"eval_{index:04d}.npz", **feeds, **extra)
+    return folder
 
 
 def _calibration_samples(
@@ -319,42 +347,51 @@ def _calibration_samples(
 def _protect(
     source: Path, root: Path, options: dict[str, typing.Any]
 ) -> tuple[Path, dict[str, typing.Any], typing.Any, Path | None]:
+    """Obfuscate and/or encrypt; an opaque obfuscation writes its operator library beside the model."""
+    from modelpress.protect import KeySource, encrypt_model, generate_key, key_id, write_key_file
+
     details: dict[str, typing.Any] = {}
+    encrypt, opaque = bool(options.get("encrypt", True)), bool(options.get("opaque", False))
+    key, key_file = None, None
+    if encrypt or opaque:
+        key_file = options.get("key_file")
+        if key_file is None:
+            key_file = root / "deploy.key"
+            if not key_file.exists():
+                write_key_file(key_file, generate_key())
+        key = KeySource.from_file(key_file)
     current = source
-    if options.get("obfuscate"):
+    if options.get("obfuscate") or opaque:
         from modelpress.protect.obfuscate import obfuscate_model, verify_obfuscation
 
         original = io.load(current)
         model, report = obfuscate_model(
-            io.load(current), seed=int(options.get("seed", 0)), strength=options["obfuscate"]
+            io.load(current),
+            seed=int(options.get("seed", 0)),
+            strength=options.get("obfuscate") or "high",
+            opaque=opaque,
         )
-        current = root / "model.obf.onnx"
-        io.save(
-            model,
-            current,
-            before_commit=lambda staged: verify_obfuscation(original, io.load(staged)).check(
-                1e-5, what="the obfuscated model"
-            ),
-        )
+        verify_obfuscation(original, model).check(1e-5, what="the obfuscated model")
         details["obfuscate"] = report.to_json()
-    if not options.get("encrypt", True):
-        return current, details, None, None
-    from modelpress.protect import KeySource, encrypt_model, generate_key, key_id, write_key_file
+        if opaque:
+            from modelpress.protect.obfuscate.library import write_obfuscated
 
-    key_file = options.get("key_file")
-    if key_file is None:
-        key_file = root / "deploy.key"
-        if not key_file.exists():
-            write_key_file(key_file, generate_key())
-    key = KeySource.from_file(key_file)
+            name = "model.obf.mpe" if encrypt else "model.obf.onnx"
+            written = write_obfuscated(model, root / name, key, encrypt=encrypt)
+            details["library"] = {"file": written.library.name, "bytes": written.library_bytes}
+            return written.model, details, key, Path(key_file) if key_file else None
+        current = root / "model.obf.onnx"
+        io.save(model, current)
+    if not encrypt:
+        return current, details, None, None
     path = root / "model.mpe"
-    header = encrypt_model(current, path, key)
+    header = encrypt_model(current, path, key)  # type: ignore[arg-type]
     details["encrypt"] = {
-        "key_id": key_id(key),
+        "key_id": key_id(key),  # type: ignore[arg-type]
         "chunks": header.chunk_count,
         "plaintext_bytes": header.plaintext_bytes,
     }
-    return path, details, key, Path(key_file)
+    return path, details, key, Path(key_file)  # type: ignore[arg-type]
 
 
 def _result(stage: str, path: Path, seconds: float, details: dict[str, typing.Any]) -> StageResult:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import tempfile
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from modelpress.runtime.session import create_session, run_session
 __all__ = ["OutputError", "QuantizeReport", "measure_errors", "runtime_ops"]
 
 ModelLike = ir.Model | bytes | str | Path
+# Substrings of the quantized kernels' names in onnxruntime's optimized graph.
+_KERNEL_KEYS = ("QLinear", "QGemm", "Integer", "NhwcMaxPool", "DynamicQuantize", "NBits", "BlockQuantized")
 
 
 @dataclasses.dataclass
@@ -94,15 +97,14 @@ class QuantizeReport:
     file_bytes_after: int | None = None
     input_path: str | None = None
     output_path: str | None = None
+    # quantize.accuracy.AccuracyReport / quantize.bias_correction.BiasCorrectionReport, when run
+    accuracy: typing.Any = None
+    bias_correction: typing.Any = None
 
     @property
     def integer_kernels(self) -> dict[str, int]:
         """The integer ops in onnxruntime's optimized graph (QLinearConv, QGemm, ...)."""
-        return {
-            op: n
-            for op, n in (self.runtime_ops or {}).items()
-            if any(key in op for key in ("QLinear", "QGemm", "Integer", "NhwcMaxPool", "DynamicQuantize"))
-        }
+        return {op: n for op, n in (self.runtime_ops or {}).items() if any(key in op for key in _KERNEL_KEYS)}
 
     def to_json(self) -> dict[str, object]:
         """A JSON-serializable summary."""
@@ -111,6 +113,8 @@ class QuantizeReport:
         data["integer_kernels"] = self.integer_kernels
         data["seconds"] = round(self.seconds, 4)
         data["calibration_seconds"] = round(self.calibration_seconds, 4)
+        for key in ("accuracy", "bias_correction"):
+            data[key] = None if data[key] is None else data[key].to_json()
         return data
 
 

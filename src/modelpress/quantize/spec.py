@@ -42,6 +42,7 @@ __all__ = [
     "DYNAMIC_OP_TYPES",
     "MODES",
     "OP_ROLES",
+    "WEIGHT_FORMATS",
     "QuantSpec",
     "cpu_has_vnni",
     "default_activation_dtype",
@@ -56,6 +57,9 @@ MODES: tuple[str, ...] = ("static", "weight-only", "dynamic", "fp16", "bf16")
 DYNAMIC_OP_TYPES: frozenset[str] = frozenset({"Conv", "Gemm", "MatMul"})
 CALIBRATORS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_DTYPES: tuple[str, ...] = ("uint8", "int8")
+# 4-bit weight-only formats: "ort" = onnxruntime's com.microsoft MatMulNBits/GatherBlockQuantized
+# (fast 4-bit kernels), "qdq" = standard blocked DequantizeLinear (opset 21, portable).
+WEIGHT_FORMATS: tuple[str, ...] = ("ort", "qdq")
 
 # What each quantizable op type does with quantized tensors (how plan.py treats it):
 # "compute"    weights quantized offline, activations Q/DQ'd: onnxruntime fuses
@@ -124,9 +128,9 @@ class QuantSpec:
             ``weight-only`` (weights int8 + DequantizeLinear, activations stay float: a
             smaller model, not a faster one).
         activation_dtype: ``uint8`` or ``int8`` activations (default per CPU, see above).
-        weight_dtype: Only ``int8`` for now.
+        weight_dtype: Only ``int8`` (``bits=4`` selects 4-bit weights).
         per_channel: One scale per output channel of Conv/Gemm/MatMul weights.
-        symmetric_weights: Zero-point-0 weights; asymmetric weights are not implemented.
+        symmetric_weights: Zero-point-0 weights; asymmetric weights exist for ``bits=4`` only.
         reduce_range: 7-bit weights (``[-63, 63]``), for AVX2 CPUs without VNNI.
         calibrator: How activation ranges come from calibration data: ``minmax``,
             ``percentile``, ``entropy`` (KL divergence) or ``mse``.
@@ -138,6 +142,22 @@ class QuantSpec:
             float16 natively, probed on this machine) or ``any`` (every op not on the block
             list, for providers with float16 kernels such as CUDA; onnxruntime's CPU
             provider still runs it, with its own Casts around ops it lacks).
+        bits: Weight bits: 8 (every mode) or 4 (weight-only: block-wise MatMul/Gemm weights
+            and Gather tables, see ``int4.py``).
+        block_size: Elements per 4-bit block (a power of 2, >= 16).
+        weight_format: 4-bit format: ``ort`` (MatMulNBits / GatherBlockQuantized) or ``qdq``
+            (blocked DequantizeLinear, opset 21).
+        weight_algorithm: How 4-bit levels are chosen: ``rtn`` (round to nearest, no data,
+            bit-exact with onnxruntime's quantizer) or ``gptq`` (error-compensating rounding
+            from calibration data, ``gptq.py``; same format, better accuracy).
+        accuracy_level: MatMulNBits' ``accuracy_level`` (``ort`` format): 0 leaves it unset
+            (float activations, onnxruntime's default), 4 lets onnxruntime quantize the
+            activations to int8 per block at run time (faster on CPUs with VNNI, a little less
+            accurate; what onnxruntime itself picks when it fuses the ``qdq`` format).
+        bias_correction: Static mode: subtract from each Conv/Gemm bias the mean shift its
+            weight rounding causes on the calibration data (``bias_correction.py``).
+        variance_correction: With ``bias_correction``: also rescale each output channel's
+            weights so that its variance matches the float one (per-channel weights only).
     """
 
     mode: Mode = "static"
@@ -152,6 +172,13 @@ class QuantSpec:
     op_types: frozenset[str] = DEFAULT_OP_TYPES
     exclude_nodes: frozenset[str] = frozenset()
     fp16_target: str = "cpu"
+    bits: int = 8
+    block_size: int = 32
+    weight_format: str = "ort"
+    weight_algorithm: str = "rtn"
+    accuracy_level: int = 0
+    bias_correction: bool = False
+    variance_correction: bool = False
 
     def __post_init__(self) -> None:
         """Reject unknown or unsupported settings with a message that lists the choices."""
@@ -160,13 +187,22 @@ class QuantSpec:
         _choose("weight dtype", self.weight_dtype, ("int8",))
         _choose("calibrator", self.calibrator, CALIBRATORS)
         _choose("fp16 target", self.fp16_target, ("cpu", "any"))
-        if self.mode == "bf16":
+        if self.mode == "bf16" and self.fp16_target != "cpu":
             raise UsageError(
-                "bf16 is not supported: onnxruntime's CPU provider has no bfloat16 kernels (not even "
-                "Add or MatMul), so a bf16 model could not be checked or run here; use --mode fp16"
+                "bf16 converts weight storage only (onnxruntime's CPU provider has no bfloat16 "
+                "arithmetic kernels, so bfloat16 compute could not be checked here); drop --fp16-target"
             )
-        if not self.symmetric_weights:
-            raise UsageError("asymmetric weights are not implemented; use symmetric weights (the default)")
+        _check_bits(self)
+        if self.variance_correction and not self.bias_correction:
+            raise UsageError("variance correction comes with bias correction: add --bias-correction")
+        if self.bias_correction and self.mode != "static":
+            raise UsageError(
+                f"bias correction needs calibration data: use --mode static, not --mode {self.mode}"
+            )
+        if not self.symmetric_weights and self.bits != 4:
+            raise UsageError(
+                "asymmetric weights are not implemented for 8 bits; use symmetric weights (the default)"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError(f"percentile {self.percentile} must be in (50, 100], e.g. 99.999")
         if self.histogram_bins < 256:
@@ -202,6 +238,30 @@ class QuantSpec:
         data["op_types"] = sorted(self.op_types)
         data["exclude_nodes"] = sorted(self.exclude_nodes)
         return data
+
+
+def _check_bits(spec: QuantSpec) -> None:
+    """``bits=4`` is block-wise weight-only (``quantize/int4.py``); ``block_size`` and format apply to it."""
+    if spec.bits not in (8, 4):
+        raise UsageError(f"bits {spec.bits} is not supported; choose 8 or 4")
+    _choose("weight format", spec.weight_format, WEIGHT_FORMATS)
+    _choose("weight algorithm", spec.weight_algorithm, ("rtn", "gptq"))
+    if spec.accuracy_level not in (0, 1, 2, 3, 4):
+        raise UsageError(f"accuracy level {spec.accuracy_level} must be 0 (unset), 1, 2, 3 or 4")
+    if spec.accuracy_level and (spec.bits != 4 or spec.weight_format != "ort"):
+        raise UsageError("--accuracy-level sets MatMulNBits' compute type: use it with --bits 4 --format ort")
+    if spec.weight_algorithm == "gptq" and spec.bits != 4:
+        raise UsageError("--algorithm gptq chooses 4-bit levels: use it with --mode weight-only --bits 4")
+    if spec.bits == 4 and spec.mode != "weight-only":
+        raise UsageError(
+            f"4-bit weights are weight-only (activations stay float): use --mode weight-only --bits 4, "
+            f"not --mode {spec.mode}"
+        )
+    size = spec.block_size
+    if size < 16 or size & (size - 1):
+        raise UsageError(
+            f"block size {size} must be a power of 2 and >= 16 (MatMulNBits' rule), e.g. 32, 64 or 128"
+        )
 
 
 def _choose(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -5,7 +5,10 @@ from streamed calibration, int32 biases; the QDQ model onnxruntime fuses into QL
 QGemm / QLinearMatMul at ``ORT_ENABLE_ALL``. Weight-only int8 (``mode="weight-only"``):
 Conv/Gemm/MatMul weights int8 + DequantizeLinear, activations float, no calibration. Dynamic
 int8 (``mode="dynamic"``, ``dynamic.py``): MatMul/Gemm weights int8, activations quantized at
-run time, no calibration. Float16 (``mode="fp16"``, ``float16.py``): weights and activations
+run time, no calibration. Weight-only int4 (``mode="weight-only", bits=4``, ``int4.py``):
+block-wise 4-bit MatMul/Gemm weights and Gather tables as onnxruntime's MatMulNBits /
+GatherBlockQuantized or opset-21 blocked DequantizeLinear; round-to-nearest without data,
+GPTQ (``gptq.py``) with ``samples``. Float16 (``mode="fp16"``, ``float16.py``): weights and activations
 float16 where safe and supported, graph inputs/outputs float32; ``samples`` (optional) feed
 its range check.
 
@@ -22,6 +25,7 @@ nothing to quantize (no float32 Conv/Gemm/MatMul with constant weights).
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -33,10 +37,13 @@ import onnx_ir.passes.common as common_passes
 from modelpress.errors import PreconditionError, UsageError
 from modelpress.ir import io
 from modelpress.ir.stats import model_stats, op_histogram
+from modelpress.quantize.bfloat16 import convert_bfloat16
+from modelpress.quantize.bias_correction import correct_biases
 from modelpress.quantize.calibrate import observe, observer_range
-from modelpress.quantize.data import CalibrationData
+from modelpress.quantize.data import CalibrationData, EvalData, ImageFolderData, open_samples
 from modelpress.quantize.dynamic import apply_dynamic
 from modelpress.quantize.float16 import convert_float16
+from modelpress.quantize.int4 import quantize_int4
 from modelpress.quantize.plan import build_plan
 from modelpress.quantize.qdq import apply_plan
 from modelpress.quantize.report import QuantizeReport, measure_errors, runtime_ops
@@ -95,10 +102,15 @@ def quantize_model(
     start = time.perf_counter()
     _check_not_quantized(model)
     work = model.clone()
-    _check_opset(work, upgrade_opset, _MIN_OPSETS.get(spec.mode, MIN_OPSET))
+    _check_opset(work, upgrade_opset, _min_opset(spec))
     common_passes.ShapeInferencePass()(work)  # the plan reads dtypes of intermediate tensors
-    if spec.mode == "fp16":
-        report = convert_float16(work, spec, samples=samples, progress=progress)
+    if spec.mode in ("fp16", "bf16") or spec.bits == 4:
+        if spec.mode == "fp16":
+            report = convert_float16(work, spec, samples=samples, progress=progress)
+        elif spec.mode == "bf16":
+            report = convert_bfloat16(work, spec)
+        else:
+            report = quantize_int4(work, spec, samples=samples, progress=progress)
         report.ops_before = op_histogram(model)
         report.weight_bytes_before = model_stats(model).weight_bytes
         report.ops_after = op_histogram(work)
@@ -150,6 +162,8 @@ def quantize_model(
         stats = apply_dynamic(work, plan, spec)
         report.inserted = {"dynamic_quantize_inputs": stats.activations, "int8_weights": stats.weights}
     else:
+        if spec.bias_correction:
+            report.bias_correction = correct_biases(work, plan, ranges, samples, spec, progress=progress)  # type: ignore[arg-type]
         stats = apply_plan(work, plan, ranges, spec)
         report.inserted = {
             "activation_qdq_pairs": stats.activations,
@@ -174,6 +188,11 @@ def quantize_file(
     upgrade_opset: bool = False,
     evaluate: bool = True,
     progress: Progress | None = None,
+    calib_pipeline: object | None = None,
+    eval_dir: str | os.PathLike | None = None,
+    max_drop: float | None = None,
+    eval_metric: str = "auto",
+    eval_output: str | None = None,
 ) -> QuantizeReport:
     """Load ``source``, quantize it (see ``quantize_model``) and save it atomically to ``destination``.
 
@@ -188,10 +207,18 @@ def quantize_file(
         upgrade_opset: Convert a model below opset 13 instead of refusing it.
         evaluate: Measure the output error (always loads the result in onnxruntime).
         progress: ``progress(phase, samples, total)`` with phase ``calibrate`` or ``evaluate``.
+        calib_pipeline: A ``Pipeline`` (or its YAML path) that turns the images of
+            ``calib_dir`` (and ``eval_dir``) into model inputs (see ``quantize.data``).
+        eval_dir: Accuracy-aware mode: evaluation files (``quantize.data.EvalData``).
+        max_drop: Accuracy-aware mode: the metric drop allowed; the fewest nodes are kept
+            float to meet it (``quantize.accuracy``). The best model found is written even
+            when the budget cannot be met: check ``report.accuracy.met``.
+        eval_metric: ``auto``, ``accuracy``, ``agreement`` or ``cosine``.
+        eval_output: The output the metric reads (default: the first float output).
 
     Raises:
         UsageError: both or (static mode) neither of ``calib_dir`` and ``samples``, or
-            ``samples`` is a one-shot iterator.
+            ``samples`` is a one-shot iterator; only one of ``max_drop`` and ``eval_dir``.
         CalibrationError, PreconditionError, ModelLoadError, ModelSaveError: nothing written.
     """
     start = time.perf_counter()
@@ -201,15 +228,41 @@ def quantize_file(
         raise UsageError(
             "samples must be re-iterable (e.g. a list): they serve calibration and the error check"
         )
+    if calib_pipeline is not None and calib_dir is None:
+        raise UsageError("--calib-pipeline preprocesses the images of --calib DIR: pass --calib too")
     model = io.load(source)
-    data = CalibrationData(calib_dir, model, num_samples=num_samples) if calib_dir is not None else samples
+    data = (
+        open_samples(calib_dir, model, pipeline=calib_pipeline, num_samples=num_samples)
+        if calib_dir is not None
+        else samples
+    )
     if data is not None and num_samples is not None and calib_dir is None:
         data = _first_samples(data, num_samples)
+    accuracy = None
+    if max_drop is not None or eval_dir is not None:
+        model, spec, accuracy = _fall_back_for_accuracy(
+            model,
+            spec,
+            data,
+            eval_dir,
+            max_drop,
+            calib_pipeline,
+            upgrade_opset,
+            eval_metric,
+            eval_output,
+            progress,
+        )
     quantized, report = quantize_model(
         model, spec, samples=data, upgrade_opset=upgrade_opset, progress=progress
     )
+    report.accuracy = accuracy
+    if accuracy is not None:
+        for layer in accuracy.layers:  # type: ignore[attr-defined]
+            if layer.kept_float:
+                report.skipped[layer.node] = f"accuracy-aware fallback: {layer.reason}"
     eval_data = data if data is not None else [random_feeds(model, seed) for seed in (0, 1, 2)]
     report.eval_data = "calibration data" if data is not None else "random feeds (seeds 0, 1, 2)"
+    _drop_inferred_shapes(quantized, _declared_shapes(model))
     del model
 
     def check(staged: Path) -> None:
@@ -227,6 +280,37 @@ def quantize_file(
     return report
 
 
+def _fall_back_for_accuracy(
+    model: ir.Model,
+    spec: QuantSpec,
+    data: collections.abc.Iterable[Feeds] | None,
+    eval_dir: str | os.PathLike | None,
+    max_drop: float | None,
+    pipeline: object | None,
+    upgrade_opset: bool,
+    metric: str,
+    output: str | None,
+    progress: Progress | None,
+) -> tuple[ir.Model, QuantSpec, object]:
+    """The prepared model (named nodes) and the spec that keeps the search's nodes float."""
+    from modelpress.quantize.accuracy import name_nodes, search_fallback
+
+    if eval_dir is None or max_drop is None:
+        raise UsageError("the accuracy-aware mode takes both --max-drop X and --eval DIR")
+    if data is None:
+        raise UsageError("the accuracy-aware mode needs calibration data: pass --calib DIR")
+    _check_not_quantized(model)
+    work = model.clone()
+    _check_opset(work, upgrade_opset, _min_opset(spec))
+    common_passes.ShapeInferencePass()(work)
+    name_nodes(work)
+    eval_data = EvalData(eval_dir, work, pipeline=pipeline)
+    kept, accuracy = search_fallback(
+        work, spec, data, eval_data, max_drop, metric=metric, output=output, progress=progress
+    )
+    return work, dataclasses.replace(spec, exclude_nodes=spec.exclude_nodes | kept), accuracy
+
+
 def _check_not_quantized(model: ir.Model) -> None:
     for node in model.graph.all_nodes():
         op = node.op_type
@@ -237,12 +321,21 @@ def _check_not_quantized(model: ir.Model) -> None:
             )
 
 
+def _min_opset(spec: QuantSpec) -> int:
+    """Opset the output needs: 21 for int4/uint4 blocked DequantizeLinear, else per mode."""
+    if spec.bits == 4 and spec.weight_format == "qdq":
+        return 21
+    return _MIN_OPSETS.get(spec.mode, MIN_OPSET)
+
+
 def _check_opset(model: ir.Model, upgrade: bool, minimum: int = MIN_OPSET) -> None:
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     if opset >= minimum:
         return
     if not upgrade:
-        why = "DynamicQuantizeLinear" if minimum == 11 else "per-channel QuantizeLinear/DequantizeLinear"
+        why = {11: "DynamicQuantizeLinear", 21: "4-bit blocked DequantizeLinear (--format qdq)"}.get(
+            minimum, "per-channel QuantizeLinear/DequantizeLinear"
+        )
         raise PreconditionError(
             f"the model uses opset {opset}; quantization needs opset >= {minimum} ({why}); "
             "pass --upgrade-opset to convert it first"
@@ -271,13 +364,38 @@ def _first_samples(samples: collections.abc.Iterable[Feeds], limit: int) -> list
 
 def _sample_total(samples: object) -> int | None:
     """Samples in ``samples`` when known without reading files, else None."""
-    if isinstance(samples, CalibrationData):
+    if isinstance(samples, CalibrationData | ImageFolderData):
         return len(samples)
     if isinstance(samples, collections.abc.Sequence):
         return sum(
             len(next(iter(f.values()))) if f and np.ndim(next(iter(f.values()))) else 1 for f in samples
         )
     return None
+
+
+def _declared_shapes(model: ir.Model) -> set[str]:
+    """Names of the main graph's intermediate values whose type or shape the model file declares."""
+    return {
+        out.name
+        for node in model.graph
+        for out in node.outputs
+        if out.name and (out.type is not None or out.shape is not None)
+    }
+
+
+def _drop_inferred_shapes(model: ir.Model, declared: set[str]) -> None:
+    """Forget the intermediate types and shapes the planning inferred (kept: what the input declared).
+
+    The output then declares what the input did, and onnxruntime infers the rest itself.
+    Measured (bench/quantize_vs_ort.py, this machine): with every intermediate shape declared,
+    onnxruntime fuses each attention residual Add + LayerNormalization of a BERT into
+    SkipLayerNormalization, whose CPU kernel is several times slower than the pair here;
+    MiniLM dynamic int8 ran 20 % slower (b8) for it, and CNNs were unaffected.
+    """
+    for node in model.graph:
+        for out in node.outputs:
+            if not out.is_graph_output() and out.name not in declared:
+                out.type, out.shape = None, None
 
 
 def _file_bytes(path: Path) -> int:
