@@ -107,3 +107,21 @@ def test_idempotent():
     once, _ = run_pass(MergeTransposesReshapesPass(), model)
     _, changed = run_pass(MergeTransposesReshapesPass(), once)
     assert changed is False
+
+
+def test_a_lone_flatten_stays_a_flatten():
+    model = _chain(lambda b, h: b.op("Flatten", h, axis=1))
+    after, changed = run_pass(MergeTransposesReshapesPass(), model)
+    assert changed is False
+    assert serialized(after) == serialized(model)
+
+
+@pytest.mark.parametrize("flatten_first", [True, False])
+def test_a_flatten_beside_a_reshape_merges_with_it(flatten_first):
+    flatten = lambda b, h: b.op("Flatten", h, axis=1)  # noqa: E731
+    reshape = lambda b, h: b.op("Reshape", h, b.const(_i64(4, 6)))  # noqa: E731
+    model = _chain(*((flatten, reshape) if flatten_first else (reshape, flatten)))
+    after, changed = run_pass(MergeTransposesReshapesPass(), model)
+    assert changed is True
+    assert ops(after) == {"Relu": 1, "Reshape": 1, "Sigmoid": 1}
+    assert_equivalent(model, after, rtol=0.0)
