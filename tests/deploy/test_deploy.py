@@ -160,3 +160,23 @@ def test_opaque_obfuscation_stage_packages_its_operator_library(recipe_dir, tmp_
     assert "model.mplib" in package.manifest.files
     rows = report.summary()
     assert rows[-1]["agreement_vs_original"] == 1.0 and rows[-1]["max_abs_diff_vs_original"] < 1e-4
+
+
+def test_a_recipe_converts_a_torch_factory_first(tmp_path):
+    pytest.importorskip("torch")
+    recipe = parse_recipe(
+        {
+            "name": "tiny",
+            "model": {
+                "convert": "modelpress.examples.torch_models:resnet_like",
+                "example_input": ["image=1x3x32x32"],
+            },
+            "stages": {"optimize": {}},
+            "bench": {"batch": [2], "threads": [1], "runs": 2, "warmup": 0},
+        },
+        base=tmp_path,
+    )
+    report = deploy(recipe, tmp_path / "out")
+    assert report.stages[0].model_path == tmp_path / "out" / "model.onnx"
+    assert report.stages[0].details["framework"].startswith("torch")
+    assert report.stages[1].nodes <= report.stages[0].nodes
