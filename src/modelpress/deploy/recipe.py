@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from modelpress._files import read_small_text
 from modelpress.errors import UsageError
 
 __all__ = ["EXAMPLES", "STAGES", "BenchSettings", "Recipe", "load_recipe", "parse_recipe"]
@@ -104,14 +105,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         UsageError: the file is missing, too large, not YAML, or any key is wrong.
     """
     file = Path(path)
-    try:
-        if file.stat().st_size > _MAX_RECIPE_BYTES:
-            raise UsageError(f"{file}: {file.stat().st_size} bytes is too large for a recipe (at most 1 MiB)")
-        text = file.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{file}: cannot read the recipe: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{file}: the recipe is not UTF-8 text") from e
+    text = read_small_text(file, _MAX_RECIPE_BYTES, "recipe")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

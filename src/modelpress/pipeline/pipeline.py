@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from modelpress._files import read_small_text
 from modelpress.errors import UsageError
 from modelpress.pipeline import postprocess, preprocess
 from modelpress.pipeline.steps import Step
@@ -156,13 +157,7 @@ class Pipeline:
             UsageError: the file is missing, too large, not YAML, or not a valid pipeline.
         """
         file = Path(path)
-        try:
-            if file.stat().st_size > MAX_YAML_BYTES:
-                raise UsageError(f"{file}: {file.stat().st_size} bytes, over the {MAX_YAML_BYTES} byte cap")
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"{file}: cannot read the pipeline: {e}") from e
-        return cls.from_text(text, where=str(file))
+        return cls.from_text(read_small_text(file, MAX_YAML_BYTES, "pipeline"), where=str(file))
 
     @classmethod
     def from_text(cls, text: str, *, where: str = "pipeline") -> Pipeline:
