@@ -53,7 +53,8 @@ def _quality_section(report: BenchReport) -> str:
         q = m.quality
         assert q is not None
         rows.append(
-            [m.name, q.samples, q.accuracy, q.agreement_vs_first, q.cosine_vs_first, q.max_abs_diff_vs_first]
+            [m.name, q.samples, _percent(q.accuracy), _percent(q.agreement_vs_first)]
+            + [q.cosine_vs_first, q.max_abs_diff_vs_first]
         )
     return "<h2>Output quality on the data</h2>" + _table(
         [
@@ -136,6 +137,10 @@ def render_html(
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2%}"
 
 
 def _e(text: object) -> str:

@@ -428,6 +428,10 @@ def _write_reports(report: DeployReport, root: Path) -> list[Path]:
     return files
 
 
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2%}"
+
+
 def _summary_html(report: DeployReport) -> list[tuple[str, list[str], list[list[typing.Any]]]]:
     rows = report.summary()
     batches = report.bench.settings["batches"]
@@ -439,8 +443,8 @@ def _summary_html(report: DeployReport) -> list[tuple[str, list[str], list[list[
             r["model"],
             r["size_bytes"] / 1024,
             r["nodes"],
-            r["accuracy"],
-            r["agreement_vs_original"],
+            _percent(r["accuracy"]),
+            _percent(r["agreement_vs_original"]),
         ]
         + [r[f"p50_ms_b{b}"] for b in batches]
         + [r[f"speedup_b{b}"] for b in batches]
