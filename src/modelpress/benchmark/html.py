@@ -52,10 +52,8 @@ def _quality_section(report: BenchReport) -> str:
     for m in rated:
         q = m.quality
         assert q is not None
-        rows.append(
-            [m.name, q.samples, _percent(q.accuracy), _percent(q.agreement_vs_first)]
-            + [q.cosine_vs_first, q.max_abs_diff_vs_first]
-        )
+        accuracy, agreement = _percent(q.accuracy), _percent(q.agreement_vs_first)
+        rows.append([m.name, q.samples, accuracy, agreement, q.cosine_vs_first, q.max_abs_diff_vs_first])
     return "<h2>Output quality on the data</h2>" + _table(
         [
             "model",
