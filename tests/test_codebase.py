@@ -1,5 +1,6 @@
 """Architecture and size rules of STYLE.md §2/§8, enforced in the test suite."""
 
+import importlib.util
 import pathlib
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ PACKAGE = ROOT / "src" / "modelpress"
 # Line budget for the IR and pass layers (tinygrad's sz.py idea): growth must be deliberate.
 IR_AND_PASSES_BUDGET = 4500
 PASS_FILE_BUDGET = 300
+# Type-checked with mypy (settings in pyproject.toml's [tool.mypy]; strict).
+MYPY_CHECKED = ("src/modelpress/ir", "src/modelpress/passes", "src/modelpress/runtime", "src/modelpress/errors.py")
 
 
 def _code_lines(path: pathlib.Path) -> int:
@@ -59,3 +62,12 @@ def test_ruff_lint_is_clean():
     ruff = shutil.which("ruff", path=str(pathlib.Path(sys.executable).parent))
     result = subprocess.run([ruff, "check", "src"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy not installed")
+def test_mypy_is_clean():
+    # The incremental cache makes reruns take seconds (a cold run ~30 s); mypy keeps its cache
+    # folder out of git by itself.
+    command = [sys.executable, "-m", "mypy", "--cache-dir", str(ROOT / ".mypy_cache"), *MYPY_CHECKED]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]

@@ -50,7 +50,7 @@ class GraphBuilder:
         return value
 
     def const(
-        self, array: np.ndarray | float | int | collections.abc.Sequence, name: str | None = None
+        self, array: np.ndarray | float | int | collections.abc.Sequence[object], name: str | None = None
     ) -> ir.Value:
         """Add an initializer holding ``array`` (python scalars become float32/int64 arrays)."""
         arr = np.asarray(array)
@@ -78,13 +78,13 @@ class GraphBuilder:
         node = ir.node(
             op_type,
             list(inputs),
-            attributes=attributes,  # type: ignore[arg-type]
+            attributes=attributes,  # type: ignore[arg-type]  # values are checked by ir.node at runtime
             domain=domain,
             num_outputs=outputs,
             name=self._name(op_type),
         )
         for i, out in enumerate(node.outputs):
-            out.name = f"{node.name}_out{i}" if outputs > 1 else node.name + "_out"
+            out.name = f"{node.name}_out{i}" if outputs > 1 else f"{node.name}_out"
         self.nodes.append(node)
         return node.outputs[0] if outputs == 1 else tuple(node.outputs)
 

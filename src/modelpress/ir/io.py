@@ -16,6 +16,7 @@ model's weights would push the protobuf past its 2 GB limit, or when the caller 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -60,7 +61,9 @@ _CHECK_INLINE_BYTES = 2**20
 _LoadError = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
 
-def load(source: str | os.PathLike | bytes, *, base_dir: str | os.PathLike | None = None) -> ir.Model:
+def load(
+    source: str | os.PathLike[str] | bytes, *, base_dir: str | os.PathLike[str] | None = None
+) -> ir.Model:
     """Read an ONNX model from a path or from serialized bytes, validating it as untrusted.
 
     Args:
@@ -103,9 +106,9 @@ def load(source: str | os.PathLike | bytes, *, base_dir: str | os.PathLike | Non
             "does not support"
         ) from e
     if folder is not None:
-        for tensor in _ir_tensors(model):
-            if isinstance(tensor, ir.ExternalTensor):
-                tensor.base_dir = str(folder.absolute())
+        for ir_tensor in _ir_tensors(model):
+            if isinstance(ir_tensor, ir.ExternalTensor):
+                ir_tensor.base_dir = str(folder.absolute())
     return model
 
 
@@ -139,7 +142,7 @@ def check_model(model: ir.Model | onnx.ModelProto, *, where: str = "<model>", fu
         ModelLoadError: the checker rejected the model; its first message line is included.
     """
     owned = isinstance(model, ir.Model)
-    proto = ir.to_proto(model) if owned else model
+    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
     try:
         has_external = any(_is_external(t) for t in _proto_tensors(proto))
         if not has_external and proto.ByteSize() < PROTOBUF_LIMIT_BYTES:
@@ -174,7 +177,7 @@ def to_bytes(model: ir.Model) -> bytes:
             "in-memory bytes; save it with modelpress.ir.io.save(..., external_data=True) "
             "and load it by path"
         )
-    return proto.SerializeToString()
+    return _serialized(proto)
 
 
 # Split serialization (``to_split_bytes``): the external-data location that names the weights
@@ -265,7 +268,7 @@ def join_split_bytes(graph: bytes, weights: memoryview) -> bytes:
             tensor.raw_data = arrays[tensor.name].tobytes()
             tensor.ClearField("data_location")
             tensor.ClearField("external_data")
-    return proto.SerializeToString()
+    return _serialized(proto)
 
 
 def _buffer_view(tensor: onnx.TensorProto, info: dict[str, str], weights: memoryview) -> np.ndarray:
@@ -295,7 +298,7 @@ def _buffer_view(tensor: onnx.TensorProto, info: dict[str, str], weights: memory
 
 def save(
     model: ir.Model,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
     size_threshold_bytes: int = 1024,
@@ -370,7 +373,7 @@ def _inline_bytes(model: ir.Model, dest: Path) -> bytes:
             f"{dest}: the model is over protobuf's 2 GiB limit with weights inline; "
             "save with external_data=True (or None to decide by size)"
         )
-    return proto.SerializeToString()
+    return _serialized(proto)
 
 
 def _commit(model: ir.Model, staged: Path, dest: Path, staged_data: Path | None, tmp: Path) -> None:
@@ -427,13 +430,13 @@ def _external_inlined(model: ir.Model, *, initializers: bool = True) -> Iterator
                     tensor = value.const_value
                     if isinstance(tensor, ir.ExternalTensor):
                         value.const_value = _in_memory(tensor)
-                        undo.append(lambda v=value, t=tensor: setattr(v, "const_value", t))
+                        undo.append(functools.partial(setattr, value, "const_value", tensor))
         for node in _ir_nodes(model):
             for name, attr in list(node.attributes.items()):
                 replacement = _inlined_attr(attr)
                 if replacement is not None:
                     node.attributes[name] = replacement
-                    undo.append(lambda n=node, k=name, a=attr: n.attributes.__setitem__(k, a))
+                    undo.append(functools.partial(node.attributes.__setitem__, name, attr))
         yield
     finally:
         for restore in reversed(undo):
@@ -451,7 +454,7 @@ def _inlined_attr(attr: ir.Attr) -> ir.Attr | None:
     return None
 
 
-def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:
+def _in_memory(tensor: ir.ExternalTensor) -> ir.TensorProtocol:
     try:
         array = tensor.numpy()
     except (OSError, ValueError) as e:
@@ -593,11 +596,17 @@ def _check_strings(message: Message, where: str) -> None:
                 _check_strings(item, where)
 
 
+def _serialized(proto: onnx.ModelProto) -> bytes:
+    # protobuf has no stubs here (see [tool.mypy] in pyproject.toml): state the result's type.
+    data: bytes = proto.SerializeToString()
+    return data
+
+
 def _is_repeated(field: FieldDescriptor) -> bool:
     # `label` is deprecated in recent protobuf releases, `is_repeated` missing in older ones.
     if hasattr(field, "is_repeated"):
         return bool(field.is_repeated)
-    return field.label == FieldDescriptor.LABEL_REPEATED
+    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
 
 
 def _proto_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import Any
 
 import onnx_ir as ir
 
@@ -67,7 +68,7 @@ class ModelStats:
     functions: int
     external_weight_bytes: int = 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """A JSON-serializable dict."""
         return dataclasses.asdict(self)
 

@@ -50,10 +50,10 @@ def _verify_scope(scope: ir.Graph | ir.Function, label: str, outer: frozenset[in
         _claim_name(names, value, label, "a graph input or initializer")
     for node in scope:
         where = f"{label}, node '{node.name or '<unnamed>'}' ({node.op_type})"
-        for index, value in enumerate(node.inputs):
-            if value is not None and id(value) not in known:
+        for index, used in enumerate(node.inputs):
+            if used is not None and id(used) not in known:
                 raise InvalidModelError(
-                    f"{where}: input {index} '{value.name}' is used before it is produced, or is "
+                    f"{where}: input {index} '{used.name}' is used before it is produced, or is "
                     "produced by no node of this graph or an enclosing one; reorder the nodes "
                     "topologically or reconnect the input"
                 )

@@ -87,7 +87,7 @@ def _subgraphs(attr: ir.Attr) -> list[ir.Graph]:
 
 
 def broadcast_shape(
-    shapes: collections.abc.Sequence[collections.abc.Sequence[Dim] | None],
+    shapes: collections.abc.Sequence[ir.Shape | collections.abc.Sequence[Dim] | None],
 ) -> ir.Shape | None:
     """The numpy-style (right-aligned) broadcast of ``shapes``, or None when it is not known.
 
@@ -96,12 +96,13 @@ def broadcast_shape(
     None when a shape is unknown, two static dims conflict, or two different symbolic dims
     meet with no static dim to settle the axis.
     """
-    if any(shape is None for shape in shapes):
+    known = [shape for shape in shapes if shape is not None]
+    if len(known) != len(shapes):
         return None
-    rank = max((len(shape) for shape in shapes), default=0)  # type: ignore[arg-type]
+    rank = max((len(shape) for shape in known), default=0)
     dims: list[Dim] = []
     for axis in range(rank):
-        column = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]  # type: ignore[union-attr,arg-type]
+        column = [s[axis - rank + len(s)] for s in known if axis - rank + len(s) >= 0]
         static = {d for d in column if isinstance(d, int) and d != 1}
         # Unnamed symbolic dims compare equal in onnx_ir yet may differ: key them by identity.
         symbolic = {(d.value or id(d)): d for d in column if not isinstance(d, int)}

@@ -20,6 +20,7 @@ keeping it needs no slicing at all; dropping it (empty result) is refused.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 
 import numpy as np
@@ -114,7 +115,9 @@ def read_slice(node: ir.Node, rank: int) -> list[SliceAxis] | str:
     return result
 
 
-def _carriers_on_axis(column: list[tuple[ir.Value, object]], item: SliceAxis) -> list[ir.Value] | str:
+def _carriers_on_axis(
+    column: collections.abc.Sequence[tuple[ir.Value, object]], item: SliceAxis
+) -> list[ir.Value] | str:
     """The operands that must take the slice along ``item.axis`` (``column``: operand, dim)."""
     big = {d for _, d in column if isinstance(d, int) and d != 1}
     symbolic = [v for v, d in column if not isinstance(d, int)]
@@ -144,7 +147,7 @@ def plan_broadcast_slice(slice_node: ir.Node, operands: list[ir.Value]) -> Broad
     than one distinct non-constant operand to slice (the move would duplicate the Slice).
     """
     distinct = list({id(v): v for v in operands}.values())  # Mul(x, x) slices x once
-    shapes: dict[int, tuple] = {}
+    shapes: dict[int, tuple[int | ir.SymbolicDim, ...]] = {}
     constant_ids = set()
     for value in distinct:
         array = const_array(value)

@@ -47,33 +47,36 @@ class EliminateCommonSubexpressionsPass(ModelpressPass):
 
 def _merge_equal_initializers(graph: ir.Graph) -> bool:
     """Point every user of a duplicate initializer at its first equal twin; True if any."""
-    candidates: dict[tuple, list[ir.Value]] = collections.defaultdict(list)
-    for value in graph.initializers.values():
+    # (dtype, shape) -> (name, value, tensor) of each initializer that may have a twin.
+    candidates: dict[
+        tuple[ir.DataType, tuple[object, ...]], list[tuple[str, ir.Value, ir.TensorProtocol]]
+    ] = collections.defaultdict(list)
+    for name, value in graph.initializers.items():
         tensor = value.const_value
         if tensor is None or value.is_graph_input() or value.is_graph_output():
             continue
         if tensor.dtype == ir.DataType.STRING:
             continue
-        candidates[(tensor.dtype, tuple(tensor.shape))].append(value)
+        candidates[(tensor.dtype, tuple(tensor.shape))].append((name, value, tensor))
     merged = False
     for values in candidates.values():
         if len(values) < 2:
             continue
-        by_sample: dict[bytes, list[tuple[ir.Value, np.ndarray]]] = collections.defaultdict(list)
-        for value in values:
-            array = value.const_value.numpy()  # type: ignore[union-attr]
+        by_sample: dict[bytes, list[tuple[str, ir.Value, np.ndarray]]] = collections.defaultdict(list)
+        for name, value, tensor in values:
+            array = tensor.numpy()
             flat = array.reshape(-1)
             sample = flat[:: max(1, flat.size // 1024)][:1024].tobytes()
-            by_sample[sample].append((value, array))
+            by_sample[sample].append((name, value, array))
         for group in by_sample.values():
             kept: list[tuple[ir.Value, np.ndarray]] = []
-            for value, array in group:
+            for name, value, array in group:
                 twin = next((k for k, a in kept if _same_bits(a, array)), None)
                 if twin is None:
                     kept.append((value, array))
                     continue
                 value.replace_all_uses_with(twin)
-                graph.initializers.pop(value.name)  # type: ignore[arg-type]
+                graph.initializers.pop(name)
                 merged = True
     return merged
 

@@ -30,7 +30,16 @@ from onnxscript.rewriter import _basics as basics
 from onnxscript.rewriter.rules import common as osr
 
 from modelpress.passes.base import RulesPass
-from modelpress.passes.rules import const_array, int_attr, static_shape
+from modelpress.passes.rules import (
+    PatternOp,
+    PatternValue,
+    PatternVar,
+    RewriteOp,
+    const_array,
+    int_attr,
+    producer_of,
+    static_shape,
+)
 
 __all__ = ["EliminateNoOpsPass"]
 
@@ -38,16 +47,18 @@ __all__ = ["EliminateNoOpsPass"]
 class _NoOpReshape(RewriteRuleClassBase):
     """``Reshape(x, s)`` where ``s`` (with 0 and -1 resolved) equals the static shape of x."""
 
-    def pattern(self, op, x, shape):
+    def pattern(self, op: PatternOp, x: PatternVar, shape: PatternVar) -> PatternValue:
         return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["y"])
 
-    def check(self, context, x, shape, y) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, x: ir.Value, shape: ir.Value, y: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
         in_shape = static_shape(x)
         target = const_array(shape)
         if in_shape is None or target is None:
             return result.fail("input shape not static or target shape not constant")
-        allowzero = int_attr(y.producer(), "allowzero", 0)
+        allowzero = int_attr(producer_of(y), "allowzero", 0)
         dims = [
             in_shape[i] if (d == 0 and not allowzero and i < len(in_shape)) else int(d)
             for i, d in enumerate(target.tolist())
@@ -62,39 +73,42 @@ class _NoOpReshape(RewriteRuleClassBase):
             return result.fail(f"Reshape to {dims} changes shape {in_shape}")
         return result
 
-    def rewrite(self, op, x, shape, y):
+    def rewrite(self, op: RewriteOp, x: ir.Value, shape: ir.Value, y: ir.Value) -> ir.Value:
         return op.Identity(x)
 
 
 class _NoOpPad(RewriteRuleClassBase):
     """``Pad(x, pads)`` whose pads are all zero (opset >= 11, pads as an input)."""
 
-    def pattern(self, op, x, pads):
+    def pattern(self, op: PatternOp, x: PatternVar, pads: PatternVar) -> PatternValue:
         return op.Pad(x, pads, _allow_other_inputs=True, _allow_other_attributes=True)
 
-    def check(self, context, x, pads) -> basics.MatchResult:
+    def check(self, context: basics.MatchContext, x: ir.Value, pads: ir.Value) -> basics.MatchResult:
         result = basics.MatchResult()
         values = const_array(pads)
         if values is None or values.any():
             return result.fail("pads not constant zeros")
         return result
 
-    def rewrite(self, op, x, pads):
+    def rewrite(self, op: RewriteOp, x: ir.Value, pads: ir.Value) -> ir.Value:
         return op.Identity(x)
 
 
 class _NoOpSlice(RewriteRuleClassBase):
     """``Slice`` with step 1 whose normalized [start, end) covers every sliced axis of a static x."""
 
-    def pattern(self, op, x, starts, ends):
+    def pattern(self, op: PatternOp, x: PatternVar, starts: PatternVar, ends: PatternVar) -> PatternValue:
         return op.Slice(x, starts, ends, _allow_other_inputs=True, _outputs=["y"])
 
-    def check(self, context, x, starts, ends, y) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, x: ir.Value, starts: ir.Value, ends: ir.Value, y: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
-        node = y.producer()
+        node = producer_of(y)
         shape = static_shape(x)
-        args = [const_array(v) for v in node.inputs[1:]]
-        if shape is None or any(a is None for a in args):
+        maybe_args = [const_array(v) for v in node.inputs[1:]]
+        args = [a for a in maybe_args if a is not None]
+        if shape is None or len(args) != len(maybe_args):
             return result.fail("input shape not static or slice parameters not constant")
         starts_, ends_ = args[0], args[1]
         axes = args[2] if len(args) > 2 else np.arange(len(starts_))
@@ -108,7 +122,7 @@ class _NoOpSlice(RewriteRuleClassBase):
                 return result.fail(f"Slice on axis {int(axis)} keeps [{start}:{end}:{int(step)}] of {dim}")
         return result
 
-    def rewrite(self, op, x, starts, ends, y):
+    def rewrite(self, op: RewriteOp, x: ir.Value, starts: ir.Value, ends: ir.Value, y: ir.Value) -> ir.Value:
         return op.Identity(x)
 
 
@@ -118,12 +132,12 @@ class _InferenceDropout(RewriteRuleClassBase):
     Only the single-output form: a used ``mask`` output keeps the node.
     """
 
-    def pattern(self, op, x):
+    def pattern(self, op: PatternOp, x: PatternVar) -> PatternValue:
         return op.Dropout(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["y"])
 
-    def check(self, context, x, y) -> basics.MatchResult:
+    def check(self, context: basics.MatchContext, x: ir.Value, y: ir.Value) -> basics.MatchResult:
         result = basics.MatchResult()
-        node = y.producer()
+        node = producer_of(y)
         if len(node.outputs) > 1 and node.outputs[1].uses():
             return result.fail("mask output is used")
         if len(node.inputs) > 2 and node.inputs[2] is not None:
@@ -134,15 +148,15 @@ class _InferenceDropout(RewriteRuleClassBase):
             return result.fail("opset < 7 Dropout in training mode")
         return result
 
-    def rewrite(self, op, x, y):
+    def rewrite(self, op: RewriteOp, x: ir.Value, y: ir.Value) -> ir.Value:
         return op.Identity(x)
 
 
 def _single_input(op_type: str) -> RewriteRule:
-    def pattern(op, x):
+    def pattern(op: PatternOp, x: PatternVar) -> PatternValue:
         return getattr(op, op_type)(x, _allow_other_attributes=True)
 
-    def rewrite(op, x):
+    def rewrite(op: RewriteOp, x: ir.Value) -> ir.Value:
         return op.Identity(x)
 
     return RewriteRule(pattern, rewrite, name=f"single_input_{op_type}")

@@ -58,7 +58,7 @@ from onnxscript.rewriter import _basics as basics
 
 from modelpress.passes._rewriting import broadcast_shape, unique_names
 from modelpress.passes.base import RulesPass
-from modelpress.passes.rules import const_array
+from modelpress.passes.rules import PatternOp, PatternValue, PatternVar, RewriteOp, const_array, producer_of
 
 __all__ = ["FoldConstantChainsPass"]
 
@@ -81,7 +81,7 @@ class _Step:
     @property
     def const_name(self) -> str | None:
         """Name of the constant input, the stem of the folded constants' names."""
-        return next((v.name for v in self.node.inputs if v is not self.x), None)
+        return next((v.name for v in self.node.inputs if v is not None and v is not self.x), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +98,19 @@ def _as_step(node: ir.Node) -> _Step | None:
     """``node`` as an affine step in its one non-constant input, or None."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in ("Add", "Sub", "Mul", "Div"):
         return None
-    if len(node.inputs) != 2 or any(v is None for v in node.inputs):
+    if len(node.inputs) != 2:
         return None
-    consts = [const_array(v) for v in node.inputs]
-    if (consts[0] is None) == (consts[1] is None):
+    a, b = node.inputs
+    if a is None or b is None:
+        return None
+    const_a, const_b = const_array(a), const_array(b)
+    if const_a is not None and const_b is None:
+        c, x, const_first = const_a, b, True
+    elif const_b is not None and const_a is None:
+        c, x, const_first = const_b, a, False
+    else:
         return None  # two constants (fold-constants' work) or none
-    const_first = consts[0] is not None
-    c, x = (consts[0], node.inputs[1]) if const_first else (consts[1], node.inputs[0])
-    if c.dtype not in _FLOATS | _INTS or (x.dtype is not None and x.dtype.numpy() != c.dtype):  # type: ignore[union-attr]
+    if c.dtype not in _FLOATS | _INTS or (x.dtype is not None and x.dtype.numpy() != c.dtype):
         return None
     wide = c.astype(np.float64 if c.dtype in _FLOATS else np.int64)
     if node.op_type == "Add":
@@ -183,7 +188,7 @@ def _fold(root: ir.Node) -> _Folded | str:
         form, mul, add = "add", None, np.zeros((), dtype) if add is None else add
     elif is_zero:
         form, add = "mul", None
-    elif bool((mul == -1).all()):  # type: ignore[union-attr]
+    elif mul is not None and bool((mul == -1).all()):  # mul is not None: is_one is false
         form, mul = "rsub", None
     else:
         form = "mul_add"
@@ -192,8 +197,8 @@ def _fold(root: ir.Node) -> _Folded | str:
     if np.broadcast_shapes(*(a.shape for a in kept)) != joint:
         if add is not None:
             add = np.broadcast_to(add, np.broadcast_shapes(add.shape, joint)).copy()
-        else:
-            mul = np.broadcast_to(mul, np.broadcast_shapes(mul.shape, joint)).copy()  # type: ignore[union-attr,arg-type]
+        elif mul is not None:  # always here: one of mul and add is kept
+            mul = np.broadcast_to(mul, np.broadcast_shapes(mul.shape, joint)).copy()
     if any(a is not None and a.size > largest for a in (mul, add)):
         return f"folded constant of shape {joint} would be larger than every constant of the chain"
     expected, out = _output_shape(steps[0].x, mul, add), root.outputs[0].shape
@@ -212,18 +217,20 @@ class _FoldConstantChain(RewriteRuleClassBase):
         super().__init__(name=f"fold_constant_chain_{op_type}")
         self.op_type = op_type
 
-    def pattern(self, op, a, b):
+    def pattern(self, op: PatternOp, a: PatternVar, b: PatternVar) -> PatternValue:
         return getattr(op, self.op_type)(a, b, _outputs=["y"])
 
-    def check(self, context, a, b, y) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, a: ir.Value, b: ir.Value, y: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
-        folded = _fold(y.producer())
+        folded = _fold(producer_of(y))
         if isinstance(folded, str):
-            return result.fail(folded, y.producer())
+            return result.fail(folded, producer_of(y))
         return result
 
-    def rewrite(self, op, a, b, y):
-        root = y.producer()
+    def rewrite(self, op: RewriteOp, a: ir.Value, b: ir.Value, y: ir.Value) -> ir.Value:
+        root = producer_of(y)
         folded = _fold(root)
         assert isinstance(folded, _Folded), folded  # check() accepted this match
         x = folded.steps[0].x
@@ -237,13 +244,14 @@ class _FoldConstantChain(RewriteRuleClassBase):
             return op.Mul(x, mul)
         if folded.form == "rsub":
             return op.Sub(add, x)
+        assert folded.mul is not None  # the mul_add form has both constants
         scaled = op.Mul(x, mul)
         scaled.type = y.type
-        scaled.shape = broadcast_shape([x.shape, folded.mul.shape])  # type: ignore[union-attr]
+        scaled.shape = broadcast_shape([x.shape, folded.mul.shape])
         return op.Add(scaled, add)
 
 
-def _initializer(op, array: np.ndarray, name: str) -> ir.Value:
+def _initializer(op: RewriteOp, array: np.ndarray, name: str) -> ir.Value:
     return op.initializer(ir.tensor(array, name=name), name=name)
 
 

@@ -62,7 +62,7 @@ def _fold_constant_of_shape(node: ir.Node) -> bool | None:
     return None
 
 
-def _signature(model: ir.Model) -> tuple:
+def _signature(model: ir.Model) -> tuple[object, ...]:
     """What counts as a change: the nodes (type and inputs) and the initializer set."""
     nodes = tuple((n.op_type, tuple(v.name if v else "" for v in n.inputs)) for n in model.graph)
     return nodes, tuple(sorted(model.graph.initializers))

@@ -91,6 +91,8 @@ class FoldReshapeShapesPass(ModelpressPass):
         changed = False
         for node in reshapes:
             data, out = node.inputs[0], node.outputs[0]
+            if data is None:  # Reshape's data is a required input: only in an invalid model
+                continue
             target = reshape_target(inferred.get(data.name or ""), inferred.get(out.name or ""))
             if target is None:
                 continue

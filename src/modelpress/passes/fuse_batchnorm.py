@@ -23,6 +23,7 @@ extra outputs used), statistics that are not 1-D per-channel vectors (BN-7 ``spa
 from __future__ import annotations
 
 import collections.abc
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -32,7 +33,15 @@ from onnxscript.rewriter.rules import common as osr
 
 from modelpress.passes._rewriting import NameReserver
 from modelpress.passes.base import RulesPass
-from modelpress.passes.rules import const_array
+from modelpress.passes.rules import (
+    PatternOp,
+    PatternValue,
+    PatternVar,
+    RewriteOp,
+    checked_const,
+    const_array,
+    producer_of,
+)
 
 __all__ = [
     "FuseBatchNormPass",
@@ -48,14 +57,14 @@ def batchnorm_scale_shift(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     ``scale = g / sqrt(var + eps)`` and ``shift = beta - mean * scale``, computed in float64
     then cast back to the input dtype, so folding adds no more than one rounding.
     """
-    params = [const_array(v) for v in bn.inputs[1:5]]
-    if len(params) != 4 or any(p is None for p in params):
+    params = [p for p in (const_array(v) for v in bn.inputs[1:5]) if p is not None]
+    if len(params) != 4:
         return None
-    gamma, beta, mean, var = (p.astype(np.float64) for p in params)  # type: ignore[union-attr]
+    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
     attr = bn.attributes.get("epsilon")
     eps = 1e-5 if attr is None else attr.as_float()  # ONNX default epsilon
     scale = gamma / np.sqrt(var + eps)
-    dtype = params[0].dtype  # type: ignore[union-attr]
+    dtype = params[0].dtype
     return scale.astype(dtype), (beta - mean * scale).astype(dtype)
 
 
@@ -73,21 +82,21 @@ def has_channel_statistics(bn: ir.Node) -> bool:
     BatchNormalization-7 with ``spatial=0`` has per-activation statistics of shape [C, H, W]
     instead; folding those along the weights' channel axis would be wrong.
     """
-    params = [const_array(v) for v in bn.inputs[1:5]]
-    if len(params) != 4 or any(p is None or p.ndim != 1 for p in params):
+    params = [p for p in (const_array(v) for v in bn.inputs[1:5]) if p is not None and p.ndim == 1]
+    if len(params) != 4:
         return False
-    return len({p.shape for p in params}) == 1  # type: ignore[union-attr]
+    return len({p.shape for p in params}) == 1
 
 
 class _DerivedNames:
     """Builder proxy: every initializer the wrapped rewrite creates gets a fresh ``<name>_bnfold``."""
 
-    def __init__(self, op, graph: ir.Graph | None, names: NameReserver) -> None:
+    def __init__(self, op: RewriteOp, graph: ir.Graph | None, names: NameReserver) -> None:
         self._op = op
         self._graph = graph
         self._names = names
 
-    def __getattr__(self, attr: str):
+    def __getattr__(self, attr: str) -> Any:
         return getattr(self._op, attr)
 
     def initializer(self, tensor: ir.TensorProtocol, name: str | None = None) -> ir.Value:
@@ -97,20 +106,24 @@ class _DerivedNames:
         )
 
 
-def _checked(cls: type, names: NameReserver) -> type:
+def _checked(cls: type[RewriteRuleClassBase], names: NameReserver) -> type[RewriteRuleClassBase]:
     """``cls`` (an onnxscript BN-fusion rule) with our inference/statistics checks and fresh names."""
 
-    class Checked(cls):  # type: ignore[misc, valid-type]
-        def check(self, context, x, inbound_out, batchnorm_out) -> basics.MatchResult:
-            bn = batchnorm_out.producer()
+    class Checked(cls):  # type: ignore[misc, valid-type]  # mypy cannot subclass a variable base
+        def check(
+            self, context: basics.MatchContext, x: ir.Value, inbound_out: ir.Value, batchnorm_out: ir.Value
+        ) -> basics.MatchResult:
+            bn = producer_of(batchnorm_out)
             if not is_inference_batchnorm(bn):
                 return basics.MatchResult().fail("BatchNormalization is in training mode")
             if not has_channel_statistics(bn):
                 return basics.MatchResult().fail("BN statistics are not constant 1-D per-channel vectors")
             return super().check(context, x, inbound_out, batchnorm_out)
 
-        def rewrite(self, op, x, inbound_out, batchnorm_out):
-            graph = inbound_out.producer().graph
+        def rewrite(
+            self, op: RewriteOp, x: ir.Value, inbound_out: ir.Value, batchnorm_out: ir.Value
+        ) -> ir.Value:
+            graph = producer_of(inbound_out).graph
             return super().rewrite(_DerivedNames(op, graph, names), x, inbound_out, batchnorm_out)
 
     Checked.__name__ = cls.__name__
@@ -124,14 +137,16 @@ class _FuseBatchNormIntoMatMul(RewriteRuleClassBase):
         super().__init__()
         self.names = names
 
-    def pattern(self, op, x, w):
+    def pattern(self, op: PatternOp, x: PatternVar, w: PatternVar) -> PatternValue:
         return op.BatchNormalization(
             op.MatMul(x, w), _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["y"]
         )
 
-    def check(self, context, x, w, y) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, x: ir.Value, w: ir.Value, y: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
-        bn = y.producer()
+        bn = producer_of(y)
         weight = const_array(w)
         if weight is None or weight.ndim != 2:
             return result.fail("MatMul weight is not a constant 2-D matrix")
@@ -143,10 +158,12 @@ class _FuseBatchNormIntoMatMul(RewriteRuleClassBase):
             return result.fail("BatchNormalization is in training mode or has non-constant statistics")
         return result
 
-    def rewrite(self, op, x, w, y):
-        scale, shift = batchnorm_scale_shift(y.producer())  # type: ignore[misc]
-        weight = const_array(w) * scale[np.newaxis, :]  # type: ignore[operator]
-        graph = y.producer().graph
+    def rewrite(self, op: RewriteOp, x: ir.Value, w: ir.Value, y: ir.Value) -> ir.Value:
+        folded = batchnorm_scale_shift(producer_of(y))
+        assert folded is not None  # check() required constant statistics
+        scale, shift = folded
+        weight = checked_const(w) * scale[np.newaxis, :]
+        graph = producer_of(y).graph
         stem = (w.name or "matmul_w") + "_bnfold"
         w_name, b_name = self.names.names(graph, [stem, stem + "_bias"])
         return op.Gemm(

@@ -46,7 +46,16 @@ from onnxscript.rewriter import _basics as basics
 from modelpress.passes._rewriting import unique_names
 from modelpress.passes.base import RulesPass
 from modelpress.passes.fuse_batchnorm import has_channel_statistics, is_inference_batchnorm
-from modelpress.passes.rules import const_array, int_attr
+from modelpress.passes.rules import (
+    PatternOp,
+    PatternValue,
+    PatternVar,
+    RewriteOp,
+    checked_const,
+    const_array,
+    int_attr,
+    producer_of,
+)
 
 __all__ = ["FuseConvAffinePass", "channel_vector"]
 
@@ -90,7 +99,8 @@ def _rank_and_channels(node: ir.Node) -> tuple[int, int] | None:
         return weight.ndim, weight.shape[1] * int_attr(node, "group", 1)
     if node.op_type == "Gemm":
         return 2, weight.shape[0] if int_attr(node, "transB", 0) else weight.shape[-1]
-    rank = None if node.inputs[0].shape is None else len(node.inputs[0].shape)
+    x = node.inputs[0]
+    rank = None if x is None or x.shape is None else len(x.shape)
     return None if rank is None else (rank, weight.shape[0])
 
 
@@ -102,18 +112,20 @@ def _producer_fails(node: ir.Node) -> str | None:
     # The fold writes new tensors and never mutates shared ones, so sharing is only a size
     # question: a private copy of a per-channel vector is cheap, of a weight tensor is not.
     weight = node.inputs[1]
-    if node.op_type != "BatchNormalization" and len(weight.uses()) != 1:  # type: ignore[union-attr]
-        return f"weight '{weight.name}' is shared with another node (folding would duplicate it)"  # type: ignore[union-attr]
-    if const_array(node.inputs[1]).dtype.type not in _FLOAT_TYPES:  # type: ignore[union-attr]
+    weight_array = const_array(weight)
+    if weight is None or weight_array is None:  # W, B (Gemm) and scale (BN) are required inputs
+        return f"{node.op_type} '{node.name}' has no weight input"
+    if node.op_type != "BatchNormalization" and len(weight.uses()) != 1:
+        return f"weight '{weight.name}' is shared with another node (folding would duplicate it)"
+    if weight_array.dtype.type not in _FLOAT_TYPES:
         return "weights are not floating point"
     if node.op_type == "BatchNormalization":
         if not is_inference_batchnorm(node) or not has_channel_statistics(node):
             return "BatchNormalization is in training mode or lacks per-channel statistics"
     if node.op_type == "ConvTranspose":
-        weight = const_array(node.inputs[1])
-        if weight.ndim < 3 or weight.shape[0] % int_attr(node, "group", 1):  # type: ignore[union-attr]
+        if weight_array.ndim < 3 or weight_array.shape[0] % int_attr(node, "group", 1):
             return "ConvTranspose in_channels not divisible by group"
-    if node.op_type == "Gemm" and const_array(node.inputs[1]).ndim != 2:  # type: ignore[union-attr]
+    if node.op_type == "Gemm" and weight_array.ndim != 2:
         return "Gemm weight is not 2-D"
     return None
 
@@ -126,23 +138,25 @@ class _FoldAffine(RewriteRuleClassBase):
         self.producer = producer
         self.elementwise = elementwise
 
-    def pattern(self, op, x, constant):
+    def pattern(self, op: PatternOp, x: PatternVar, constant: PatternVar) -> PatternValue:
         inner = getattr(op, self.producer)(
             x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["inner"]
         )
         # No other attributes: opset < 7 Mul/Add carry broadcast/axis, with other semantics.
         return getattr(op, self.elementwise)(inner, constant, _allow_other_attributes=False, _outputs=["y"])
 
-    def check(self, context, x, constant, inner, y) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, x: ir.Value, constant: ir.Value, inner: ir.Value, y: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
-        node = inner.producer()
+        node = producer_of(inner)
         reason = _producer_fails(node)
         if reason:
             return result.fail(reason, node)
         value = const_array(constant)
         if value is None:
             return result.fail(f"{self.elementwise} operand is not a constant")
-        if value.dtype != const_array(node.inputs[1]).dtype:  # type: ignore[union-attr]
+        if value.dtype != checked_const(node.inputs[1]).dtype:  # _producer_fails: constant
             return result.fail(f"{self.elementwise} operand dtype {value.dtype} differs from the weights'")
         if not np.isfinite(value).all() or (self.elementwise == "Div" and not value.all()):
             return result.fail(f"{self.elementwise} operand has non-finite values (or zeros for Div)")
@@ -150,19 +164,24 @@ class _FoldAffine(RewriteRuleClassBase):
         if shape is None:
             return result.fail(f"rank of the {node.op_type} input is unknown", node)
         if channel_vector(value, *shape) is None:
-            return result.fail(f"{self.elementwise} operand {value.shape} is not per-channel", y.producer())
+            return result.fail(f"{self.elementwise} operand {value.shape} is not per-channel", producer_of(y))
         return result
 
-    def rewrite(self, op, x, constant, inner, y):
-        node = inner.producer()
-        vector = channel_vector(const_array(constant), *_rank_and_channels(node))  # type: ignore[arg-type, misc]
+    def rewrite(
+        self, op: RewriteOp, x: ir.Value, constant: ir.Value, inner: ir.Value, y: ir.Value
+    ) -> ir.Value:
+        node = producer_of(inner)
+        shape = _rank_and_channels(node)
+        assert shape is not None  # check() required it
+        vector = channel_vector(checked_const(constant), *shape)
+        assert vector is not None  # check() required a per-channel constant
         if self.elementwise in ("Mul", "Div"):
-            scale = 1.0 / vector if self.elementwise == "Div" else vector  # type: ignore[operator]
+            scale = 1.0 / vector if self.elementwise == "Div" else vector
             new_inputs, attributes = _scaled(node, scale)
         else:
-            shift = -vector if self.elementwise == "Sub" else vector  # type: ignore[operator]
+            shift = -vector if self.elementwise == "Sub" else vector
             new_inputs, attributes = _shifted(node, shift)
-        dtype = const_array(node.inputs[1]).dtype  # type: ignore[union-attr]
+        dtype = checked_const(node.inputs[1]).dtype
         inputs = list(node.inputs) + [None] * (3 - len(node.inputs))
         missing_bias = f"{_stem(inputs[1])}_bias"
         stems = [missing_bias if inputs[i] is None else _stem(inputs[i]) for i in new_inputs]
@@ -182,14 +201,15 @@ def _stem(value: ir.Value | None) -> str:
     return (name or "weight").removesuffix("_affine")
 
 
-def _scaled(node: ir.Node, scale: np.ndarray) -> tuple[dict[int, np.ndarray], dict]:
+def _scaled(node: ir.Node, scale: np.ndarray) -> tuple[dict[int, np.ndarray], dict[str, ir.Attr]]:
     """Inputs (by index) and attributes of ``node`` multiplied by ``scale`` per channel."""
     attributes = dict(node.attributes)
-    weight = const_array(node.inputs[1]).astype(np.float64)  # type: ignore[union-attr]
+    weight = checked_const(node.inputs[1]).astype(np.float64)
     bias = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
     bias = None if bias is None else bias.astype(np.float64)
     if node.op_type == "BatchNormalization":
-        return {1: weight * scale, 2: bias * scale}, attributes  # type: ignore[operator]
+        assert bias is not None  # has_channel_statistics: BN's bias is constant
+        return {1: weight * scale, 2: bias * scale}, attributes
     if node.op_type == "Conv":
         weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     elif node.op_type == "ConvTranspose":
@@ -204,7 +224,7 @@ def _scaled(node: ir.Node, scale: np.ndarray) -> tuple[dict[int, np.ndarray], di
     return ({1: weight} if bias is None else {1: weight, 2: bias * scale}), attributes
 
 
-def _shifted(node: ir.Node, shift: np.ndarray) -> tuple[dict[int, np.ndarray], dict]:
+def _shifted(node: ir.Node, shift: np.ndarray) -> tuple[dict[int, np.ndarray], dict[str, ir.Attr]]:
     """The bias input (by index) and attributes of ``node`` with ``shift`` added per channel."""
     attributes = dict(node.attributes)
     # Gemm scales C by beta: apply it to the old C now and drop it, so the new C is not scaled.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import collections.abc
 
-from onnxscript.rewriter import RewriteRule
+import onnx_ir as ir
+from onnxscript.rewriter import RewriteRule, RewriteRuleClassBase
 from onnxscript.rewriter import _basics as basics
 from onnxscript.rewriter.rules.common import _matmul_add_to_gemm as mm
 
@@ -26,13 +27,15 @@ from modelpress.passes.base import RulesPass
 __all__ = ["FuseMatMulAddPass"]
 
 
-def _bias_fits(input_a, input_b, input_c, trans_a: bool, trans_b: bool) -> bool:
+def _bias_fits(
+    input_a: ir.Value, input_b: ir.Value, input_c: ir.Value | None, trans_a: bool, trans_b: bool
+) -> bool:
     """Whether c broadcasts unidirectionally to the product's [M, N] (Gemm's contract for C).
 
     Add broadcasts both ways, so each dimension of c must be 1 or provably the output's: a c of
     shape [3, N] with M = 1 (or M unknown) would make Add's output [3, N] where Gemm fails.
     """
-    if input_c.shape is None or len(input_c.shape) > 2:
+    if input_c is None or input_c.shape is None or len(input_c.shape) > 2:
         return False
     if input_a.shape is None or input_b.shape is None:
         return False
@@ -41,7 +44,7 @@ def _bias_fits(input_a, input_b, input_c, trans_a: bool, trans_b: bool) -> bool:
     return all(_same_dim(dim, target) for dim, target in zip(input_c.shape, aligned, strict=True))
 
 
-def _same_dim(dim, target) -> bool:
+def _same_dim(dim: int | ir.SymbolicDim, target: int | ir.SymbolicDim) -> bool:
     """``dim`` is 1, or the same known size or named symbol as ``target``."""
     if dim == 1:
         return True
@@ -50,9 +53,16 @@ def _same_dim(dim, target) -> bool:
     return dim.value is not None and dim.value == target.value
 
 
-def _checked(cls: type) -> type:
-    class Checked(cls):  # type: ignore[misc, valid-type]
-        def check(self, context, input_a, input_b, input_c=None, **kwargs) -> basics.MatchResult:
+def _checked(cls: type[RewriteRuleClassBase]) -> type[RewriteRuleClassBase]:
+    class Checked(cls):  # type: ignore[misc, valid-type]  # mypy cannot subclass a variable base
+        def check(
+            self,
+            context: basics.MatchContext,
+            input_a: ir.Value,
+            input_b: ir.Value,
+            input_c: ir.Value | None = None,
+            **kwargs: object,
+        ) -> basics.MatchResult:
             result = super().check(context, input_a, input_b, input_c=input_c, **kwargs)
             if result and context.graph_or_function.opset_imports.get("", 0) < 7:
                 # Gemm-6 and older broadcast C only with the legacy `broadcast` attribute.

@@ -28,7 +28,7 @@ from onnxscript.rewriter.rules import common as osr
 from onnxscript.rewriter.rules.common._basic_rules import Flatten2Reshape
 
 from modelpress.passes.base import RulesPass
-from modelpress.passes.rules import const_array
+from modelpress.passes.rules import PatternOp, PatternValue, PatternVar, RewriteOp, const_array
 
 __all__ = ["MergeTransposesReshapesPass"]
 
@@ -36,10 +36,12 @@ __all__ = ["MergeTransposesReshapesPass"]
 class _SqueezeUnsqueeze(RewriteRuleClassBase):
     """``Unsqueeze(Squeeze(x, axes), axes)`` -> x, axes constant and equal after normalization."""
 
-    def pattern(self, op, x, axes1, axes2):
+    def pattern(self, op: PatternOp, x: PatternVar, axes1: PatternVar, axes2: PatternVar) -> PatternValue:
         return op.Unsqueeze(op.Squeeze(x, axes1), axes2)
 
-    def check(self, context, x, axes1, axes2) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, x: ir.Value, axes1: ir.Value, axes2: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
         a1, a2 = const_array(axes1), const_array(axes2)
         if a1 is None or a2 is None or x.shape is None:
@@ -51,7 +53,7 @@ class _SqueezeUnsqueeze(RewriteRuleClassBase):
             return result.fail(f"axes differ: {n1} vs {n2}")
         return result
 
-    def rewrite(self, op, x, axes1, axes2):
+    def rewrite(self, op: RewriteOp, x: ir.Value, axes1: ir.Value, axes2: ir.Value) -> ir.Value:
         return op.Identity(x)
 
 
@@ -66,7 +68,7 @@ class _MergeableFlatten(Flatten2Reshape):
     the graphs otherwise identical), so the conversion waits for a Reshape/Flatten on either side.
     """
 
-    def check(self, context, x: ir.Value) -> basics.MatchResult:
+    def check(self, context: basics.MatchContext, x: ir.Value) -> basics.MatchResult:
         producer = x.producer()
         users = context.output_values[0].uses()
         beside = (producer is not None and producer.op_type in _RESHAPING and producer.domain == "") or (

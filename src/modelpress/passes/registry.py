@@ -26,6 +26,7 @@ import collections.abc
 import onnx_ir as ir
 
 from modelpress.errors import UsageError
+from modelpress.passes.base import ModelpressPass
 from modelpress.passes.eliminate_common_subexpressions import EliminateCommonSubexpressionsPass
 from modelpress.passes.eliminate_dead_code import EliminateDeadCodePass
 from modelpress.passes.eliminate_no_ops import EliminateNoOpsPass
@@ -44,7 +45,7 @@ from modelpress.passes.replace_batchnorm import ReplaceBatchNormWithScalePass
 __all__ = ["DEFAULT_PASSES", "LEVELS", "ORT_PASSES", "PASSES", "TAIL_PASSES", "TARGETS", "passes_for"]
 
 # (pass class, lowest level that runs it), in execution order.
-DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
+DEFAULT_PASSES: tuple[tuple[type[ModelpressPass], str], ...] = (
     (RemoveInitializerInputsPass, "basic"),
     (FoldConstantsPass, "basic"),
     (FoldReshapeShapesPass, "basic"),
@@ -62,18 +63,17 @@ DEFAULT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = (
 )
 
 # onnxruntime-only rewrites, run after the portable list when target == "onnxruntime".
-ORT_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = ((FuseConvActivationPass, "extended"),)
+ORT_PASSES: tuple[tuple[type[ModelpressPass], str], ...] = ((FuseConvActivationPass, "extended"),)
 
 # Run last, after every fusion: a Slice moved between a Conv and its activation would
 # otherwise block Conv+activation fusions.
-TAIL_PASSES: tuple[tuple[type[ir.passes.PassBase], str], ...] = ((MoveSlicesUpPass, "all"),)
+TAIL_PASSES: tuple[tuple[type[ModelpressPass], str], ...] = ((MoveSlicesUpPass, "all"),)
 
 LEVELS: tuple[str, ...] = ("basic", "extended", "all")
 TARGETS: tuple[str, ...] = ("onnx", "onnxruntime")
 
-PASSES: dict[str, type[ir.passes.PassBase]] = {
-    cls.name: cls
-    for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES, *TAIL_PASSES)  # type: ignore[attr-defined]
+PASSES: dict[str, type[ModelpressPass]] = {
+    cls.name: cls for cls, _ in (*DEFAULT_PASSES, *ORT_PASSES, *TAIL_PASSES)
 }
 
 
@@ -97,7 +97,7 @@ def passes_for(
         unknown = [n for n in names if n not in PASSES]
         if unknown:
             raise UsageError(f"unknown pass(es) {', '.join(unknown)}; known passes: {', '.join(PASSES)}")
-        return [cls() for cls, _ in ordered if cls.name in names]  # type: ignore[attr-defined]
+        return [cls() for cls, _ in ordered if cls.name in names]
     rank = LEVELS.index(level)
     chosen = DEFAULT_PASSES + (ORT_PASSES if target == "onnxruntime" else ()) + TAIL_PASSES
     return [cls() for cls, lvl in chosen if LEVELS.index(lvl) <= rank]

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -65,7 +66,15 @@ from onnxscript.rewriter import _basics as basics
 from modelpress.passes._rewriting import unique_names
 from modelpress.passes._slicing import BroadcastPlan, plan_broadcast_slice, slice_constant
 from modelpress.passes.base import RulesPass
-from modelpress.passes.rules import const_array
+from modelpress.passes.rules import (
+    PatternOp,
+    PatternValue,
+    PatternVar,
+    RewriteOp,
+    checked_const,
+    const_array,
+    producer_of,
+)
 
 __all__ = ["BROADCAST_OPS", "UNARY_OPS", "MoveSlicesUpPass"]
 
@@ -112,9 +121,10 @@ def _plan_move(slice_node: ir.Node) -> _Move | str:
         if node.inputs[0] is None or const_array(node.inputs[0]) is not None:
             return "input is constant (left to fold-constants)"
         return _Move(node, None)
-    if any(v is None for v in node.inputs):
+    operands = [v for v in node.inputs if v is not None]
+    if len(operands) != len(node.inputs):
         return "missing input"
-    plan = plan_broadcast_slice(slice_node, list(node.inputs))  # type: ignore[arg-type]
+    plan = plan_broadcast_slice(slice_node, operands)
     return plan if isinstance(plan, str) else _Move(node, plan)
 
 
@@ -129,33 +139,42 @@ class _MoveSliceAboveElementwise(RewriteRuleClassBase):
         super().__init__(name=f"move_slice_above_{op_type}")
         self.op_type = op_type
 
-    def pattern(self, op, starts, ends):
+    def pattern(self, op: PatternOp, starts: PatternVar, ends: PatternVar) -> PatternValue:
         data = getattr(op, self.op_type)(
             _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["data"]
         )
         return op.Slice(data, starts, ends, _allow_other_inputs=True, _outputs=["sliced"])
 
-    def check(self, context, starts, ends, data, sliced) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, starts: ir.Value, ends: ir.Value, data: ir.Value, sliced: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
-        move = _plan_move(sliced.producer())
+        move = _plan_move(producer_of(sliced))
         if isinstance(move, str):
-            return result.fail(move, sliced.producer())
+            return result.fail(move, producer_of(sliced))
         return result
 
-    def rewrite(self, op, starts, ends, data, sliced):
-        slice_node = sliced.producer()
+    def rewrite(
+        self, op: RewriteOp, starts: ir.Value, ends: ir.Value, data: ir.Value, sliced: ir.Value
+    ) -> ir.Value:
+        slice_node = producer_of(sliced)
         move = _plan_move(slice_node)
         assert isinstance(move, _Move), move  # check() accepted this match
         node = move.elementwise
         if move.plan is None:
-            inputs = [_slice_value(op, node.inputs[0], slice_node, sliced, None), *node.inputs[1:]]
+            x = node.inputs[0]
+            assert x is not None  # _plan_move refuses a unary op without input
+            inputs = [_slice_value(op, x, slice_node, sliced, None), *node.inputs[1:]]
         else:
             inputs = _sliced_operands(op, node, slice_node, sliced, move.plan)
-        return op.op(node.op_type, *inputs, **dict(node.attributes))
+        attributes: dict[str, Any] = dict(node.attributes)  # onnxscript takes attributes as **Any
+        new = op.op(node.op_type, *inputs, **attributes)
+        assert isinstance(new, ir.Value)  # _plan_move requires one output
+        return new
 
 
 def _sliced_operands(
-    op, node: ir.Node, slice_node: ir.Node, sliced: ir.Value, plan: BroadcastPlan
+    op: RewriteOp, node: ir.Node, slice_node: ir.Node, sliced: ir.Value, plan: BroadcastPlan
 ) -> list[ir.Value | None]:
     """The inputs of the moved op: the carrier behind a Slice, constants sliced offline."""
     graph = slice_node.graph
@@ -164,13 +183,13 @@ def _sliced_operands(
         replacement[id(plan.carrier)] = _slice_value(op, plan.carrier, slice_node, sliced, plan)
     names = unique_names(graph, [f"{value.name}_sliced" for value, _ in plan.constants])
     for (value, axes), name in zip(plan.constants, names, strict=True):
-        array = slice_constant(const_array(value), axes, plan.rank)  # type: ignore[arg-type]
+        array = slice_constant(checked_const(value), axes, plan.rank)
         replacement[id(value)] = op.initializer(ir.tensor(array, name=name), name=name)
     return [replacement.get(id(v), v) for v in node.inputs]
 
 
 def _slice_value(
-    op, value: ir.Value, slice_node: ir.Node, sliced: ir.Value, plan: BroadcastPlan | None
+    op: RewriteOp, value: ir.Value, slice_node: ir.Node, sliced: ir.Value, plan: BroadcastPlan | None
 ) -> ir.Value:
     """A Slice of ``value`` equal to the old Slice restricted to the axes ``value`` carries."""
     rank = len(value.shape) if value.shape is not None else None
@@ -179,14 +198,16 @@ def _slice_value(
     else:
         assert rank is not None  # plan_broadcast_slice refuses operands of unknown rank
         offset = plan.rank - rank
-        index_dtype = const_array(slice_node.inputs[1]).dtype  # type: ignore[union-attr]
+        starts = slice_node.inputs[1]
+        assert starts is not None  # plan_broadcast_slice read constant starts
+        index_dtype = checked_const(starts).dtype
         columns = {
             "starts": [a.start for a in plan.carrier_axes],
             "ends": [a.end for a in plan.carrier_axes],
             "axes": [a.axis - offset for a in plan.carrier_axes],
             "steps": [a.step for a in plan.carrier_axes],
         }
-        base = slice_node.inputs[1].name or "slice"  # type: ignore[union-attr]
+        base = starts.name or "slice"
         names = unique_names(slice_node.graph, [f"{base}_{key}_moved" for key in columns])
         params = [
             op.initializer(ir.tensor(np.array(column, dtype=index_dtype), name=name), name=name)
@@ -231,7 +252,7 @@ class MoveSlicesUpPass(RulesPass):
 
         Trying ~70 rules costs a fraction of a millisecond per node and round.
         """
-        graphs = [model.graph, *model.functions.values()]
+        graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
         if not any(n.op_type == "Slice" for g in graphs for n in ir.traversal.RecursiveGraphIterator(g)):
             return ir.passes.PassResult(model, False)
         return super().call(model)

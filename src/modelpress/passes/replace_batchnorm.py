@@ -43,7 +43,15 @@ from modelpress.passes.fuse_batchnorm import (
     has_channel_statistics,
     is_inference_batchnorm,
 )
-from modelpress.passes.rules import const_array
+from modelpress.passes.rules import (
+    PatternOp,
+    PatternValue,
+    PatternVar,
+    RewriteOp,
+    checked_const,
+    const_array,
+    producer_of,
+)
 
 __all__ = ["ReplaceBatchNormWithScalePass"]
 
@@ -72,35 +80,37 @@ class _BatchNormToMulAdd(RewriteRuleClassBase):
         super().__init__()
         self.always = always
 
-    def pattern(self, op, x):
+    def pattern(self, op: PatternOp, x: PatternVar) -> PatternValue:
         return op.BatchNormalization(
             x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["y"]
         )
 
-    def check(self, context, x, y) -> basics.MatchResult:
+    def check(self, context: basics.MatchContext, x: ir.Value, y: ir.Value) -> basics.MatchResult:
         result = basics.MatchResult()
-        bn = y.producer()
+        bn = producer_of(y)
         if not is_inference_batchnorm(bn):
             return result.fail("BatchNormalization is in training mode or its extra outputs are used", bn)
         if not has_channel_statistics(bn):
             return result.fail("BN statistics are not constant 1-D per-channel vectors", bn)
         if x.shape is None or len(x.shape) < 2:
             return result.fail("BN input rank is unknown or < 2: cannot place the channel axis", bn)
-        scale = const_array(bn.inputs[1])
-        if x.dtype is None or scale.dtype != x.dtype.numpy():  # type: ignore[union-attr]
-            return result.fail(f"BN statistics dtype {scale.dtype} differs from input {x.dtype}", bn)  # type: ignore[union-attr]
+        scale = checked_const(bn.inputs[1])  # has_channel_statistics: constant
+        if x.dtype is None or scale.dtype != x.dtype.numpy():
+            return result.fail(f"BN statistics dtype {scale.dtype} differs from input {x.dtype}", bn)
         channels = x.shape[1]
-        if isinstance(channels, int) and channels != scale.shape[0]:  # type: ignore[union-attr]
-            return result.fail(f"input has {channels} channels, statistics {scale.shape[0]}", bn)  # type: ignore[union-attr]
+        if isinstance(channels, int) and channels != scale.shape[0]:
+            return result.fail(f"input has {channels} channels, statistics {scale.shape[0]}", bn)
         if context.graph_or_function.opset_imports.get("", 0) < 7:
             return result.fail("opset < 7: Mul/Add would need the legacy broadcast attribute", bn)
         if not self.always and not _has_affine_neighbour(x, y):
             return result.fail("no constant Mul/Add/Sub/Div next to it: BN is faster than Mul + Add", bn)
         return result
 
-    def rewrite(self, op, x, y):
-        bn = y.producer()
-        scale, shift = batchnorm_scale_shift(bn)  # type: ignore[misc]
+    def rewrite(self, op: RewriteOp, x: ir.Value, y: ir.Value) -> ir.Value:
+        bn = producer_of(y)
+        folded = batchnorm_scale_shift(bn)
+        assert folded is not None and x.shape is not None  # check() required both
+        scale, shift = folded
         shape = (scale.shape[0],) + (1,) * (len(x.shape) - 2)
         graph = bn.graph
         stem = bn.name or y.name or "batchnorm"

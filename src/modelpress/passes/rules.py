@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx_ir as ir
+from onnxscript.rewriter import pattern
 
-__all__ = ["const_array", "int_attr", "same_shape", "static_shape"]
+__all__ = [
+    "PatternOp",
+    "PatternValue",
+    "PatternVar",
+    "RewriteOp",
+    "checked_const",
+    "const_array",
+    "int_attr",
+    "producer_of",
+    "same_shape",
+    "static_shape",
+]
+
+# Types of the hooks of an onnxscript ``RewriteRuleClassBase``, which onnxscript leaves
+# unannotated: ``pattern(self, op: PatternOp, x: PatternVar, ...) -> PatternValue``,
+# ``check(self, context: MatchContext, x: ir.Value, ...) -> MatchResult`` and
+# ``rewrite(self, op: RewriteOp, x: ir.Value, ...) -> ir.Value``. ``op.Conv(...)`` is untyped
+# in both builders (see the passes override in pyproject.toml's [tool.mypy]).
+PatternOp = pattern.OpsetPatternBuilder
+PatternVar = pattern.Var
+if TYPE_CHECKING:
+    # onnxscript internals, for the type checker only: they move between onnxscript releases.
+    # The engine passes a TapeBuilder; its public base RewriterContext has no ``op.Conv`` sugar.
+    from onnxscript.rewriter._context import TapeBuilder as RewriteOp
+    from onnxscript.rewriter._pattern_ir import ValuePattern as PatternValue
+else:  # used in annotations only, which are never evaluated (``from __future__ import annotations``)
+    RewriteOp = PatternValue = object
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
@@ -19,14 +48,19 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def checked_const(value: ir.Value | None) -> np.ndarray:
+    """``const_array(value)`` for a value the rule's ``check`` already found constant."""
+    array = const_array(value)
+    assert array is not None, "check() accepted a match whose constant input is not constant"
+    return array
+
+
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     """The shape of ``value`` when every dimension is a known integer, else None."""
     if value is None or value.shape is None:
         return None
-    dims = tuple(value.shape)
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    return dims  # type: ignore[return-value]
+    dims = tuple(d for d in value.shape if isinstance(d, int))
+    return dims if len(dims) == len(value.shape) else None
 
 
 def same_shape(a: ir.Value | None, b: ir.Value | None) -> bool:
@@ -44,6 +78,16 @@ def same_shape(a: ir.Value | None, b: ir.Value | None) -> bool:
         elif x.value is None or x.value != y.value:
             return False
     return True
+
+
+def producer_of(value: ir.Value) -> ir.Node:
+    """The node that computes ``value``, for values a pattern bound as a node output.
+
+    A pattern's ``_outputs`` names bind node outputs, so the node always exists.
+    """
+    node = value.producer()
+    assert node is not None, f"value '{value.name}' is bound as a node output but has no producer"
+    return node
 
 
 def int_attr(node: ir.Node, name: str, default: int) -> int:

@@ -90,7 +90,7 @@ class Comparison:
             "responsible by running fewer passes, or loosen the tolerance if this error is expected"
         )
 
-    def to_json(self) -> list[dict]:
+    def to_json(self) -> list[dict[str, object]]:
         """Worst error per output, JSON-serializable."""
         return [
             {
@@ -122,7 +122,7 @@ def run_model(
         UsageError: a model input has no feed.
         InvalidModelError: onnxruntime failed while running it.
     """
-    session = create_session(model, level=level, threads=threads)  # type: ignore[arg-type]
+    session = create_session(model, level=level, threads=threads)
     return run_session(session, feeds)
 
 
@@ -152,6 +152,7 @@ def compare_models(
         InvalidModelError: onnxruntime failed while running a model.
     """
     ref_model = reference if isinstance(reference, ir.Model) else io.load(reference)
+    feed_list: list[tuple[int | None, Feeds]]
     if feeds is None:
         feed_list = [(seed, random_feeds(ref_model, seed, dim_values=dim_values)) for seed in seeds]
     elif isinstance(feeds, collections.abc.Mapping):
@@ -176,7 +177,7 @@ def compare_models(
 
 
 def _run_all(model: ModelLike, feed_list: list[Feeds]) -> list[dict[str, object]]:
-    session = create_session(model)  # type: ignore[arg-type]
+    session = create_session(model)
     return [run_session(session, feeds) for feeds in feed_list]
 
 

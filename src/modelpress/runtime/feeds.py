@@ -47,7 +47,7 @@ def input_specs(
         if not isinstance(size, int | np.integer) or size < 0:
             raise UsageError(f"dynamic dim '{name}' bound to {size!r}; give a size >= 0")
     fallback = int(bound.pop("*", DEFAULT_DIM))
-    specs = {}
+    specs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     for value in model.graph.inputs:
         if value.name in model.graph.initializers:
             continue
@@ -76,7 +76,8 @@ def input_specs(
                 f"the {MAX_FEED_ELEMENTS:,} cap for a random feed; bind its dynamic dims smaller "
                 "or pass feeds explicitly"
             )
-        specs[value.name] = (value.dtype.numpy(), tuple(dims))
+        # onnx_ir names every graph input (``val_N``), so the fallback never applies.
+        specs[value.name or ""] = (value.dtype.numpy(), tuple(dims))
     return specs
 
 

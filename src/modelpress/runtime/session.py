@@ -87,13 +87,13 @@ def choose_providers(choice: str | collections.abc.Sequence[str] = "auto") -> li
 
 
 def create_session(
-    model: ir.Model | bytes | str | os.PathLike,
+    model: ir.Model | bytes | str | os.PathLike[str],
     *,
     level: OptLevel = "disable",
     threads: int | None = None,
     inter_op_threads: int = 1,
     spinning: bool = False,
-    optimized_model_path: str | os.PathLike | None = None,
+    optimized_model_path: str | os.PathLike[str] | None = None,
     providers: list[str] | None = None,
     external_initializers: collections.abc.Mapping[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
@@ -160,7 +160,7 @@ def create_session(
             "`modelpress info` and the onnxruntime version"
         ) from e
     if kept:
-        session._modelpress_external_initializers = kept  # type: ignore[attr-defined]
+        session._modelpress_external_initializers = kept
     return session
 
 
@@ -262,5 +262,5 @@ def _session_from_ir(
     tmp = tempfile.TemporaryDirectory(prefix="modelpress-")
     path = io.save(model, Path(tmp.name) / "model.onnx", external_data=True)
     session = ort.InferenceSession(str(path), options, providers=providers)
-    session._modelpress_tmpdir = tmp  # type: ignore[attr-defined]
+    session._modelpress_tmpdir = tmp
     return session

@@ -170,7 +170,7 @@ def concatenate_outputs(batches: collections.abc.Iterable[dict[str, np.ndarray]]
 
 
 def read_samples(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike[str],
     names: collections.abc.Sequence[str],
     *,
     ranks: collections.abc.Mapping[str, int | None] | None = None,

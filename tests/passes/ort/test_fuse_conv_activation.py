@@ -158,3 +158,14 @@ def test_missing_intermediate_shapes_are_inferred_before_matching():
     assert changed is True
     assert ops(after) == {"com.microsoft::FusedConv": 1}
     assert_equivalent(model, after, rtol=FP32, dim_values={"N": 2})
+
+
+def test_residual_conv_without_bias_and_unknown_channel_count_is_refused():
+    b = GraphBuilder()
+    x = b.input("x", ir.DataType.FLOAT, ["N", 4, 8, 8])
+    w = b.input("w", ir.DataType.FLOAT, ["C", 4, 3, 3])  # a weight fed at run time
+    z = b.input("z", ir.DataType.FLOAT, ["N", "C", 8, 8])
+    conv = b.op("Conv", x, w, pads=[1, 1, 1, 1])
+    model = b.build([b.op("Add", conv, z)])
+    _, changed = run_pass(FuseConvActivationPass(), model)
+    assert changed is False

@@ -38,7 +38,15 @@ from onnxscript.rewriter import _basics as basics
 
 from modelpress.passes._rewriting import unique_names
 from modelpress.passes.base import RulesPass
-from modelpress.passes.rules import const_array, same_shape
+from modelpress.passes.rules import (
+    PatternOp,
+    PatternValue,
+    PatternVar,
+    RewriteOp,
+    const_array,
+    producer_of,
+    same_shape,
+)
 
 __all__ = ["FuseConvActivationPass"]
 
@@ -93,7 +101,7 @@ def _check_conv(conv_out: ir.Value, act_out: ir.Value) -> str | None:
     """Why this Conv/activation pair cannot fuse, or None."""
     if conv_out.dtype != ir.DataType.FLOAT:
         return "FusedConv's CPU kernel is float32 only"
-    if _activation_params(act_out.producer()) is None:  # type: ignore[arg-type]
+    if _activation_params(producer_of(act_out)) is None:
         return "activation parameters are not constant"
     return None
 
@@ -103,25 +111,27 @@ class _ConvActivation(RewriteRuleClassBase):
         super().__init__(name=f"FusedConv_{activation}")
         self.activation = activation
 
-    def pattern(self, op, x):
+    def pattern(self, op: PatternOp, x: PatternVar) -> PatternValue:
         conv = op.Conv(x, _allow_other_inputs=True, _outputs=["conv_out"])
         return getattr(op, self.activation)(
             conv, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["act_out"]
         )
 
-    def check(self, context, x, conv_out, act_out) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, x: ir.Value, conv_out: ir.Value, act_out: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
         reason = _check_conv(conv_out, act_out) or (
             None if _single_use(conv_out) else "Conv output has other consumers"
         )
         return result.fail(reason) if reason else result
 
-    def rewrite(self, op, x, conv_out, act_out):
-        conv = conv_out.producer()
+    def rewrite(self, op: RewriteOp, x: ir.Value, conv_out: ir.Value, act_out: ir.Value) -> ir.Value:
+        conv = producer_of(conv_out)
         return op.FusedConv(
             *conv.inputs,
             _domain=MS_DOMAIN,
-            **_fused_attributes(conv, act_out.producer(), self.activation),
+            **_fused_attributes(conv, producer_of(act_out), self.activation),
         )
 
 
@@ -130,30 +140,48 @@ class _ConvAddActivation(RewriteRuleClassBase):
         super().__init__(name=f"FusedConv_{add}_{activation}")
         self.activation, self.add = activation, add
 
-    def pattern(self, op, x, z):
+    def pattern(self, op: PatternOp, x: PatternVar, z: PatternVar) -> PatternValue:
         conv = op.Conv(x, _allow_other_inputs=True, _outputs=["conv_out"])
         added = getattr(op, self.add)(conv, z, _outputs=["add_out"])
         return getattr(op, self.activation)(
             added, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["act_out"]
         )
 
-    def check(self, context, x, z, conv_out, add_out, act_out) -> basics.MatchResult:
+    def check(
+        self,
+        context: basics.MatchContext,
+        x: ir.Value,
+        z: ir.Value,
+        conv_out: ir.Value,
+        add_out: ir.Value,
+        act_out: ir.Value,
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
         if reason := _check_conv(conv_out, act_out):
             return result.fail(reason)
         if not (_single_use(conv_out) and _single_use(add_out)):
             return result.fail("an intermediate value has other consumers")
+        if _no_bias_size(conv_out):
+            return result.fail("the Conv has no bias and W's output-channel count is not a known integer")
         if not same_shape(conv_out, z):
             return result.fail(f"residual shape {z.shape} is not the Conv output shape {conv_out.shape}")
         return result
 
-    def rewrite(self, op, x, z, conv_out, add_out, act_out):
-        conv = conv_out.producer()
+    def rewrite(
+        self,
+        op: RewriteOp,
+        x: ir.Value,
+        z: ir.Value,
+        conv_out: ir.Value,
+        add_out: ir.Value,
+        act_out: ir.Value,
+    ) -> ir.Value:
+        conv = producer_of(conv_out)
         return op.FusedConv(
             *_with_bias(op, conv),
             z,
             _domain=MS_DOMAIN,
-            **_fused_attributes(conv, act_out.producer(), self.activation),
+            **_fused_attributes(conv, producer_of(act_out), self.activation),
         )
 
 
@@ -164,11 +192,13 @@ class _ConvAdd(RewriteRuleClassBase):
         super().__init__(name=f"FusedConv_{add}")
         self.add = add
 
-    def pattern(self, op, x, z):
+    def pattern(self, op: PatternOp, x: PatternVar, z: PatternVar) -> PatternValue:
         conv = op.Conv(x, _allow_other_inputs=True, _outputs=["conv_out"])
         return getattr(op, self.add)(conv, z, _outputs=["add_out"])
 
-    def check(self, context, x, z, conv_out, add_out) -> basics.MatchResult:
+    def check(
+        self, context: basics.MatchContext, x: ir.Value, z: ir.Value, conv_out: ir.Value, add_out: ir.Value
+    ) -> basics.MatchResult:
         result = basics.MatchResult()
         if conv_out.dtype != ir.DataType.FLOAT:
             return result.fail("FusedConv's CPU kernel is float32 only")
@@ -176,25 +206,46 @@ class _ConvAdd(RewriteRuleClassBase):
             return result.fail("Conv output has other consumers")
         if any(use.node.op_type in _ACTIVATIONS and use.node.domain == "" for use in add_out.uses()):
             return result.fail("the sum feeds an activation: left to the residual+activation form")
+        if _no_bias_size(conv_out):
+            return result.fail("the Conv has no bias and W's output-channel count is not a known integer")
         if not same_shape(conv_out, z):
             return result.fail(f"residual shape {z.shape} is not the Conv output shape {conv_out.shape}")
         return result
 
-    def rewrite(self, op, x, z, conv_out, add_out):
-        conv = conv_out.producer()
+    def rewrite(
+        self, op: RewriteOp, x: ir.Value, z: ir.Value, conv_out: ir.Value, add_out: ir.Value
+    ) -> ir.Value:
+        conv = producer_of(conv_out)
         attributes = {name: attr for name, attr in conv.attributes.items()}
         return op.FusedConv(*_with_bias(op, conv), z, _domain=MS_DOMAIN, **attributes)
 
 
-def _with_bias(op, conv: ir.Node) -> list[ir.Value]:
+def _bias_channels(conv: ir.Node) -> int | None:
+    """The size of the zero bias a Conv without one needs: W's output channels, when known."""
+    weight = conv.inputs[1] if len(conv.inputs) > 1 else None
+    channels = None if weight is None or weight.shape is None else weight.shape[0]
+    return channels if isinstance(channels, int) else None
+
+
+def _no_bias_size(conv_out: ir.Value) -> bool:
+    """Whether the Conv has no bias and the size of the zero bias it would need is unknown."""
+    conv = conv_out.producer()
+    assert conv is not None
+    has_bias = len(conv.inputs) >= 3 and conv.inputs[2] is not None
+    return not has_bias and _bias_channels(conv) is None
+
+
+def _with_bias(op: RewriteOp, conv: ir.Node) -> list[ir.Value | None]:
     """Conv's (x, W, B), with a zero bias made when it has none (FusedConv's z is input 3)."""
     inputs = list(conv.inputs)
     if len(inputs) >= 3 and inputs[2] is not None:
         return inputs[:3]
-    channels = conv.inputs[1].shape[0]  # type: ignore[index, union-attr]
+    weight = inputs[1]
+    channels = _bias_channels(conv)
+    assert weight is not None and channels is not None, "check() refuses a Conv without a known bias size"
     # onnxscript silently replaces an initializer of the same name: take a fresh one.
-    (name,) = unique_names(conv.graph, [(conv.inputs[1].name or "conv") + "_zero_bias"])
-    return [inputs[0], inputs[1], op.initializer(ir.tensor(np.zeros(channels, np.float32)), name=name)]
+    (name,) = unique_names(conv.graph, [(weight.name or "conv") + "_zero_bias"])
+    return [inputs[0], weight, op.initializer(ir.tensor(np.zeros(channels, np.float32)), name=name)]
 
 
 def _residual_shapes_missing(graph: ir.Graph) -> bool:
