@@ -1,9 +1,10 @@
 """Benchmark ``modelpress quantize`` against ``onnxruntime.quantization`` (not a test).
 
 Models: the digits CNN trained here on scikit-learn's ``load_digits`` (top-1 accuracy on the
-540 held-out images) and ``resnet_like`` (random weights, exported with folding; output
-similarity to fp32 on 200 random images that calibration never saw: mean/min cosine of the
-logits, top-1 agreement, max error relative to the output's scale).
+540 held-out images), ``resnet_like`` and ``mobilenetv2_like`` (random weights, exported with
+folding; output similarity to fp32 on 200 random images that calibration never saw: mean/min
+cosine of the logits, top-1 agreement, max error relative to the output's scale).
+Calibration memory is measured on the digits CNN and resnet_like only.
 
 Variants (same calibration files for every static one, ``--calib-samples`` of them):
 
@@ -30,7 +31,8 @@ of each sequence's flattened ``last_hidden_state``) and the real ``all-MiniLM-L6
 ORT_DISABLE_ALL). Calibration: 128 other sentences (random sequences for bert_like), one
 ``.npz`` per sentence (no padding). Variants:
 
-* ``mp-dynamic``; ``mp-static``: QDQ U8S8 minmax; ``mp-int4``: ``--bits 4`` RTN, blocks of 32,
+* ``mp-dynamic`` (int8 embedding tables, the default); ``mp-dynamic-float-emb``
+  (``--float-embeddings``); ``mp-static``: QDQ U8S8 minmax; ``mp-int4``: ``--bits 4`` RTN, blocks of 32,
   asymmetric, MatMulNBits + GatherBlockQuantized (bit-identical to ``ort-int4-b32``);
   ``mp-int4-gptq``: the same format, GPTQ levels from the calibration data;
   ``mp-int4-gptq-acc4``: the same with MatMulNBits ``accuracy_level=4`` (int8 activations);
@@ -70,9 +72,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MP = ("mp-minmax", "mp-entropy", "mp-percentile", "mp-mse", "mp-minmax-s8s8", "mp-weight-only")
 ORT = ("ort-qdq-minmax", "ort-qdq-entropy", "ort-qdq-percentile", "ort-dynamic")
 FILE_BATCH = 10  # samples per calibration file
-IMAGE_MODELS = ("digits_cnn", "resnet_like")
+IMAGE_MODELS = ("digits_cnn", "resnet_like", "mobilenetv2_like")
+MEMORY_MODELS = ("digits_cnn", "resnet_like")  # calibration RSS at 100 and 1000 samples
 TEXT_MODELS = ("bert_like", "minilm")
-TEXT_MP = ("mp-dynamic", "mp-static", "mp-int4", "mp-int4-gptq", "mp-int4-gptq-acc4")
+TEXT_MP = ("mp-dynamic", "mp-dynamic-float-emb", "mp-static", "mp-int4", "mp-int4-gptq", "mp-int4-gptq-acc4")
 TEXT_ORT = ("ort-dynamic", "ort-qdq-minmax", "ort-int4", "ort-int4-b32")
 TEXT_CALIB = 128  # calibration sequences of the text models (one per file)
 
@@ -96,6 +99,7 @@ def _quantize(tool: str, source: str, destination: str, calib: str) -> dict:
         int4 = {"mode": "weight-only", "bits": 4, "symmetric_weights": False}
         text_specs = {
             "mp-dynamic": (QuantSpec(mode="dynamic"), None),
+            "mp-dynamic-float-emb": (QuantSpec(mode="dynamic", quantize_embeddings=False), None),
             "mp-static": (QuantSpec(calibrator="minmax", activation_dtype="uint8"), calib),
             "mp-int4": (QuantSpec(**int4), None),
             "mp-int4-gptq": (QuantSpec(**int4, weight_algorithm="gptq"), calib),
@@ -214,6 +218,7 @@ def prepare(workdir: Path, calib_samples: int) -> dict[str, dict]:
 
     split = load_digits_split()
     rng = np.random.default_rng(1)
+    zoo = export_zoo(workdir / "zoo", models=["resnet_like", "mobilenetv2_like"])
     models = {
         "digits_cnn": {
             "path": export_digits_cnn(workdir / "digits_cnn.onnx"),
@@ -222,7 +227,12 @@ def prepare(workdir: Path, calib_samples: int) -> dict[str, dict]:
             "labels": split.y_test,
         },
         "resnet_like": {
-            "path": export_zoo(workdir / "zoo", models=["resnet_like"])["resnet_like-fold"],
+            "path": zoo["resnet_like-fold"],
+            "pool": None,
+            "eval": rng.standard_normal((200, 3, 64, 64)).astype(np.float32),
+        },
+        "mobilenetv2_like": {
+            "path": zoo["mobilenetv2_like-fold"],
             "pool": None,
             "eval": rng.standard_normal((200, 3, 64, 64)).astype(np.float32),
         },
@@ -446,7 +456,9 @@ def run(args: argparse.Namespace) -> dict:
             for variant, stats in latency(paths, entry, batch, args.runs).items():
                 rows[variant][f"latency_b{batch}"] = stats
         memory = {}
-        for tool in ("mp-minmax", "mp-entropy", "ort-qdq-minmax", "ort-qdq-entropy"):
+        for tool in ("mp-minmax", "mp-entropy", "ort-qdq-minmax", "ort-qdq-entropy") * (
+            name in MEMORY_MODELS
+        ):
             for count in (100,) if args.quick else (100, 1000):
                 out = folder / f"rss-{tool}-{count}.onnx"
                 memory[f"{tool}@{count}"] = _spawn(

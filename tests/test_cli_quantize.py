@@ -161,7 +161,12 @@ def test_dynamic_and_fp16_modes(tmp_path):
     result = _run("quantize", path, "-o", tmp_path / "d.onnx", "--mode", "dynamic", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["inserted"] == {"dynamic_quantize_inputs": 2, "int8_weights": 2}
+    assert report["inserted"] == {
+        "dynamic_quantize_inputs": 2,
+        "int8_weights": 2,
+        "packed_matmul_groups": 0,
+        "int8_gather_tables": 0,
+    }
     assert report["integer_kernels"] == {"com.microsoft::DynamicQuantizeMatMul": 2}
     result = _run("quantize", path, "-o", tmp_path / "h.onnx", "--mode", "fp16", "--fp16-target", "any")
     assert result.exit_code == 0, result.output
@@ -293,3 +298,26 @@ def test_bad_4bit_options_exit_with_an_error_and_write_nothing(tmp_path, args, m
     assert result.exit_code in (2, 4), result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_dynamic_embedding_tables_int8_by_default_float_on_request(tmp_path):
+    path = io.save(builders.embedding_encoder(), tmp_path / "emb.onnx")
+    data = tmp_path / "data"  # valid ids for the error check (random int64 feeds overrun the tables)
+    data.mkdir()
+    ids = np.random.default_rng(0).integers(0, 8, (3, 2, 5))
+    np.savez(data / "a.npz", ids=ids[0], other_ids=ids[1], positions=ids[2])
+    for flags, tables in (([], 2), (["--float-embeddings"], 0)):
+        result = _run(
+            "quantize",
+            path,
+            "-o",
+            tmp_path / "d.onnx",
+            "--mode",
+            "dynamic",
+            "--calib",
+            data,
+            "--json",
+            *flags,
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["inserted"]["int8_gather_tables"] == tables

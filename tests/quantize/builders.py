@@ -129,3 +129,40 @@ def attention_block(seed: int = 0) -> ir.Model:
     )
     y.name = "y"
     return b.build([y])
+
+
+def qkv_block(seed: int = 0, opset: int = 17, biases: tuple[bool, ...] = (True, True, True)) -> ir.Model:
+    """x[N,4,16] -> three MatMuls reading x (16->16, 16->16, 16->8), each + Add(bias) when
+    ``biases`` says so -> outputs q, k, v (a transformer's projections, for packing)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", FLOAT, ["N", 4, 16])
+    outputs = []
+    for name, width, has_bias in zip("qkv", (16, 16, 8), biases, strict=True):
+        y = b.op("MatMul", x, b.const(rng.standard_normal((16, width)).astype(np.float32) * 0.25, f"w{name}"))
+        if has_bias:
+            y = b.op("Add", y, b.const(rng.standard_normal(width).astype(np.float32) * 0.1, f"b{name}"))
+        y.name = name
+        outputs.append(y)
+    return b.build(outputs)
+
+
+def embedding_encoder(seed: int = 0) -> ir.Model:
+    """ids, other_ids, positions [N,S] int64 -> Gather(E[50,16], ids) + Gather(E, other_ids) +
+    Gather(P[8,16], positions) -> h -> MatMul(16x8) -> y (outputs h and y; E is shared)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(opset=17)
+    ids = b.input("ids", ir.DataType.INT64, ["N", "S"])
+    other = b.input("other_ids", ir.DataType.INT64, ["N", "S"])
+    positions = b.input("positions", ir.DataType.INT64, ["N", "S"])
+    table = rng.standard_normal((50, 16)).astype(np.float32)
+    table[:10] *= 0.01  # small rows: a per-tensor scale would flatten them
+    words = b.const(table, "word_embeddings")
+    h = b.op("Add", b.op("Gather", words, ids), b.op("Gather", words, other))
+    h = b.op(
+        "Add", h, b.op("Gather", b.const(rng.standard_normal((8, 16)).astype(np.float32), "pos"), positions)
+    )
+    h.name = "h"
+    y = b.op("MatMul", h, b.const(rng.standard_normal((16, 8)).astype(np.float32) * 0.25, "w"))
+    y.name = "y"
+    return b.build([h, y])

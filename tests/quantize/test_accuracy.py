@@ -184,3 +184,34 @@ def test_unnamed_nodes_get_their_plan_label_so_they_can_be_kept_float():
     assert name_nodes(model) == 1
     assert nodes[0].name == "Conv#0_" and len({n.name for n in model.graph}) == len(nodes)
     assert name_nodes(model) == 0
+
+
+def test_large_models_try_the_quick_pass_by_output_error_before_ranking(tmp_path, monkeypatch):
+    """Above _FULL_RANK_UNITS units the greedy step first runs over the units ordered by output
+    error (no ranking candidates); when that cannot meet the budget the full ranking still runs."""
+    from modelpress.quantize import accuracy as accuracy_module
+
+    monkeypatch.setattr(accuracy_module, "_FULL_RANK_UNITS", 2)  # the classifier has 6 units
+    source = io.save(builders.classifier(), tmp_path / "float.onnx")
+    calib, evals = _folders(tmp_path, builders.classifier())
+    probe = quantize_file(
+        source, tmp_path / "p.onnx", QuantSpec(), calib_dir=calib, eval_dir=evals, max_drop=1.0
+    ).accuracy
+    budget = probe.int8_drop * 0.9  # just below what all-int8 loses: one fallback is enough
+    report = quantize_file(
+        source, tmp_path / "q.onnx", QuantSpec(), calib_dir=calib, eval_dir=evals, max_drop=budget
+    )
+    quick = report.accuracy
+    assert quick.met and quick.drop <= budget and 1 <= len(quick.kept_float) <= 3
+    assert quick.candidates <= 1 + 3 * 3 + 3  # all-int8, <= 3 greedy steps of 3, pruning
+    assert all(layer.gain_if_float is None and layer.loss_if_alone is None for layer in quick.layers)
+    largest_errors = sorted(quick.layers, key=lambda layer: -(layer.output_error or 0.0))
+    for layer in quick.layers:
+        if layer.kept_float:
+            assert "quick pass by output error" in layer.reason
+        if "greedy step 1 (" in layer.reason:  # the first step picks among the 3 largest errors
+            assert layer in largest_errors[:3]
+    full = quantize_file(
+        source, tmp_path / "f.onnx", QuantSpec(), calib_dir=calib, eval_dir=evals, max_drop=0.0
+    ).accuracy
+    assert not full.met and all(layer.gain_if_float is not None for layer in full.layers)  # ranked

@@ -26,10 +26,8 @@ def tokenizer() -> WordPieceTokenizer:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from modelpress.examples.minilm import export_minilm
-
-    return export_minilm(tmp_path_factory.mktemp("minilm") / "minilm.onnx")  # checks ORT against torch
+def exported(minilm_onnx):
+    return minilm_onnx  # conftest.py: exported once, checked against torch
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,12 @@ def _print_quality(report: BenchReport) -> None:
         return
     first = escape(report.models[0].name)
     table = Table(
-        "model", "rows", "top-1 accuracy", f"top-1 agreement vs {first}", "cosine", "max |Δ|",
+        "model",
+        "rows",
+        "top-1 accuracy",
+        f"top-1 agreement vs {first}",
+        "cosine",
+        "max |Δ|",
         title="output quality on --data (accuracy needs a 'labels' array)",
     )
     for m in rated:

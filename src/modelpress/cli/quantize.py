@@ -127,6 +127,13 @@ def quantize(
     eval_output: Annotated[
         str | None, typer.Option("--eval-output", help="Output the --max-drop metric reads (default: first).")
     ] = None,
+    float_embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--float-embeddings",
+            help="dynamic: keep Gather (embedding) tables float32 (default: int8, one scale per row).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Quantize a float32 model (int8 or float16) and report size, kernels and output error.
@@ -156,6 +163,7 @@ def quantize(
             accuracy_level=accuracy_level,
             bias_correction=bias_correction,
             variance_correction=variance_correction,
+            quantize_embeddings=not float_embeddings,
         )
         with _progress(enabled=not as_json) as progress:
             report = quantize_file(
@@ -241,7 +249,8 @@ def _print_report(report: Any) -> None:
         console.print(
             f"weights int8: {inserted['int8_weights']} "
             f"({'per channel' if spec['per_channel'] else 'per tensor'}), "
-            f"DynamicQuantizeLinear: {inserted['dynamic_quantize_inputs']}",
+            f"DynamicQuantizeLinear: {inserted['dynamic_quantize_inputs']}, MatMul groups packed: "
+            f"{inserted['packed_matmul_groups']}, int8 Gather tables: {inserted['int8_gather_tables']}",
             highlight=False,
         )
     else:

@@ -19,15 +19,21 @@ graph rewrite and one onnxruntime run over the eval data; nothing is recalibrate
 
 1. The units are the nodes the full static plan quantizes (named nodes: unnamed ones get
    their plan label as name first). Quantize everything; stop if the drop is within budget.
-2. Rank the units by sensitivity, two measures (2 x units candidates): the metric *gained*
+2. Large models (more than ``_FULL_RANK_UNITS`` units, where ranking costs hundreds of
+   candidates: MiniLM has 96 units) first try a quick pass: the greedy step of 3. over the units
+   ordered by their output error in the all-int8 model (one extra run, no candidates), for at
+   most ``_QUICK_STEPS`` steps. When it meets the budget, step 4 prunes it and the search ends
+   (the two sensitivities below are then not measured: ``None`` in the report); otherwise
+   the search goes on from an empty fallback set with the ranking.
+3. Rank the units by sensitivity, two measures (2 x units candidates): the metric *gained*
    when the unit alone is kept float (errors that add up), and the metric *lost* when the
    unit alone is quantized (a node that is bad by itself even where a neighbour's Q/DQ hides
    the gain, e.g. an outlier channel that ruins a shared activation range). The rank is the
    larger of the two, then the unit's output error in the all-int8 model, then graph order.
-3. Greedy: at each step try the ``beam`` best-ranked units left and keep the one whose
+4. Greedy: at each step try the ``beam`` best-ranked units left and keep the one whose
    fallback gives the best metric; stop as soon as the drop is within budget. At least one
    compute node always stays quantized.
-4. Prune: try to re-quantize each fallen-back node, last added first; keep it quantized when
+5. Prune: try to re-quantize each fallen-back node, last added first; keep it quantized when
    the budget still holds.
 
 The best candidate seen (highest metric, then fewest float nodes) is returned when the budget
@@ -69,6 +75,10 @@ _SEARCH_PHASE = "accuracy search (models)"
 # errors (every quantized node's output is fetched at once: memory grows with both).
 _EVAL_CHUNK = 64
 _LAYER_ERROR_SAMPLES = 256
+# Above this many units the search tries the quick pass ordered by output error first (step 2),
+# for at most this many greedy steps.
+_FULL_RANK_UNITS = 32
+_QUICK_STEPS = 3
 
 
 @dataclasses.dataclass
@@ -449,8 +459,16 @@ class _Search:
         self.errors = _output_errors(self.candidates, self.units)  # for the report, and ties
         if self.ok(score):
             return empty, True
+        if len(self.units) > _FULL_RANK_UNITS:
+            position = {u: i for i, u in enumerate(self.units)}
+            by_error = sorted(self.units, key=lambda u: (-self.errors.get(u, 0.0), position[u]))
+            kept = self._greedy(by_error, _QUICK_STEPS, "quick pass by output error, ")
+            if self.ok(self.candidates.scores.get(kept)):
+                return self._prune(kept), True
+            self.order.clear()
+            self.reasons.clear()
         self._rank()
-        kept = self._greedy()
+        kept = self._greedy(self.units)
         if not self.ok(self.candidates.scores.get(kept)):
             return self._best(), False
         return self._prune(kept), True
@@ -467,10 +485,10 @@ class _Search:
             key=lambda u: (-max(self.gain[u], self.loss[u]), -self.errors.get(u, 0.0), position[u])
         )
 
-    def _greedy(self) -> frozenset[str]:
+    def _greedy(self, ranked: list[str], max_steps: int | None = None, how: str = "") -> frozenset[str]:
         kept: frozenset[str] = frozenset()
-        left = list(self.units)
-        while left:
+        left = list(ranked)
+        while left and (max_steps is None or len(kept) < max_steps):
             tried = [(self.candidates.score(kept | {u}), u) for u in left[: self.beam]]
             tried = [(s, u) for s, u in tried if s is not None]  # None: nothing left quantized
             if not tried:
@@ -480,7 +498,8 @@ class _Search:
             left.remove(best_unit)
             self.order.append(best_unit)
             self.reasons[best_unit] = (
-                f"kept float at greedy step {len(kept)} (drop {self.float_metric - best_score:.3g} with it)"
+                f"kept float at greedy step {len(kept)} "
+                f"({how}drop {self.float_metric - best_score:.3g} with it)"
             )
             if self.ok(best_score):
                 break

@@ -23,8 +23,10 @@ Selection (static mode):
    movement) nodes take the scale and zero point of their input.
 
 Weight-only mode selects compute nodes and quantizes their weights only. Dynamic mode selects
-MatMul and Gemm nodes with a constant 2-D weight (right operand) and quantizes their weights;
-``dynamic.py`` rewrites them. Conv is refused there with the reason (ConvInteger is slow).
+MatMul and Gemm nodes with a constant 2-D weight (right operand) and quantizes their weights,
+plus (``spec.quantize_embeddings``) every Gather on axis 0 of a constant float32 2-D table
+(a ``WeightSite`` on input 0, per row); ``dynamic.py`` rewrites them. Conv is refused there with
+the reason (ConvInteger is slow).
 Only the main graph is planned; subgraphs (If/Loop/Scan) and functions stay float.
 """
 
@@ -131,6 +133,8 @@ def build_plan(model: ir.Model, spec: QuantSpec) -> QuantPlan:
     plan = QuantPlan({}, [], [], {labels[n]: n.op_type for n in selected}, skipped)
     for node in selected:
         _plan_weights(plan, node, spec)
+    if spec.mode == "dynamic":
+        _plan_gathers(plan, nodes, labels, spec)
     if spec.mode == "static":
         _plan_activations(plan, selected, roles)
     return plan
@@ -164,6 +168,37 @@ def _plan_weights(plan: QuantPlan, node: ir.Node, spec: QuantSpec) -> None:
         plan.weights.append(WeightSite(node, 1, 1 if spec.per_channel and rank == 2 else None))
     if spec.mode == "static" and node.op_type in ("Conv", "Gemm") and _input(node, 2) is not None:
         plan.biases.append(BiasSite(node, node.inputs[0].name))  # type: ignore[union-attr,arg-type]
+
+
+def _plan_gathers(plan: QuantPlan, nodes: list[ir.Node], labels: dict[ir.Node, str], spec: QuantSpec) -> None:
+    """Dynamic mode: int8 per-row Gather tables (or the reason each stays float)."""
+    for node in nodes:
+        table = node.inputs[0] if node.op_type == "Gather" and node.domain in ("", "ai.onnx") else None
+        if table is None or not _is_constant(table) or table.dtype != _FLOAT:
+            continue  # shape arithmetic and activations: not an embedding table
+        label = labels[node]
+        if node.name in spec.exclude_nodes:
+            plan.skipped[label] = "excluded by the spec"
+        elif not spec.quantize_embeddings:
+            plan.skipped[label] = (
+                "embedding tables kept float32 (quantize_embeddings off, --float-embeddings)"
+            )
+        elif len(table.shape or ()) != 2:
+            plan.skipped[label] = f"the table has rank {len(table.shape or ())}; int8 Gather takes 2-D tables"
+        elif node.attributes.get_int("axis", 0) != 0:
+            plan.skipped[label] = "Gather on axis != 0 (only row lookups are quantized)"
+        elif other := next((u.node for u in table.uses() if not _is_row_lookup(u.node, u.idx)), None):
+            plan.skipped[label] = (
+                f"the table '{table.name}' is also read by {other.op_type} '{other.name}' (it stays float32 "
+                "there, so an int8 copy would only add size)"
+            )
+        else:
+            plan.selected[label] = node.op_type
+            plan.weights.append(WeightSite(node, 0, 0))
+
+
+def _is_row_lookup(node: ir.Node, index: int) -> bool:
+    return node.op_type == "Gather" and index == 0 and node.attributes.get_int("axis", 0) == 0
 
 
 def _plan_activations(plan: QuantPlan, selected: list[ir.Node], roles: dict[ir.Node, str]) -> None:

@@ -158,6 +158,9 @@ class QuantSpec:
             weight rounding causes on the calibration data (``bias_correction.py``).
         variance_correction: With ``bias_correction``: also rescale each output channel's
             weights so that its variance matches the float one (per-channel weights only).
+        quantize_embeddings: Dynamic mode: also store constant Gather (embedding) tables as
+            int8 per row, dequantizing only the rows looked up (``dynamic.py``); False keeps
+            them float32.
     """
 
     mode: Mode = "static"
@@ -179,6 +182,7 @@ class QuantSpec:
     accuracy_level: int = 0
     bias_correction: bool = False
     variance_correction: bool = False
+    quantize_embeddings: bool = True
 
     def __post_init__(self) -> None:
         """Reject unknown or unsupported settings with a message that lists the choices."""

@@ -4,8 +4,9 @@ Static int8 (``mode="static"``): weights int8 per channel, activations uint8/int
 from streamed calibration, int32 biases; the QDQ model onnxruntime fuses into QLinearConv /
 QGemm / QLinearMatMul at ``ORT_ENABLE_ALL``. Weight-only int8 (``mode="weight-only"``):
 Conv/Gemm/MatMul weights int8 + DequantizeLinear, activations float, no calibration. Dynamic
-int8 (``mode="dynamic"``, ``dynamic.py``): MatMul/Gemm weights int8, activations quantized at
-run time, no calibration. Weight-only int4 (``mode="weight-only", bits=4``, ``int4.py``):
+int8 (``mode="dynamic"``, ``dynamic.py``): MatMul/Gemm weights int8 (MatMuls that share an input
+packed into one), Gather (embedding) tables int8 per row, activations quantized at run time,
+no calibration. Weight-only int4 (``mode="weight-only", bits=4``, ``int4.py``):
 block-wise 4-bit MatMul/Gemm weights and Gather tables as onnxruntime's MatMulNBits /
 GatherBlockQuantized or opset-21 blocked DequantizeLinear; round-to-nearest without data,
 GPTQ (``gptq.py``) with ``samples``. Float16 (``mode="fp16"``, ``float16.py``): weights and activations
@@ -160,7 +161,12 @@ def quantize_model(
         report.calibration_seconds = time.perf_counter() - calibration_start
     if spec.mode == "dynamic":
         stats = apply_dynamic(work, plan, spec)
-        report.inserted = {"dynamic_quantize_inputs": stats.activations, "int8_weights": stats.weights}
+        report.inserted = {
+            "dynamic_quantize_inputs": stats.activations,
+            "int8_weights": stats.weights,
+            "packed_matmul_groups": stats.packed_groups,
+            "int8_gather_tables": stats.gather_tables,
+        }
     else:
         if spec.bias_correction:
             report.bias_correction = correct_biases(work, plan, ranges, samples, spec, progress=progress)  # type: ignore[arg-type]
