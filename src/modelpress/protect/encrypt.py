@@ -54,12 +54,11 @@ from __future__ import annotations
 import dataclasses
 import hmac as hmac_module
 import logging
-import mmap
 import os
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -73,7 +72,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from modelpress.errors import ModelLoadError, ModelSaveError, ProtectionError, UsageError
 from modelpress.ir import io
-from modelpress.protect._sources import Source, open_source, output_buffer
+from modelpress.protect._sources import AnonymousBuffer, Source, open_source, output_buffer
 from modelpress.protect.keys import Key, key_id, resolve_key
 
 __all__ = [
@@ -183,6 +182,21 @@ class DecryptedModel:
 
     model_bytes: bytes
     external_initializers: dict[str, np.ndarray]
+    # Version 2: the whole weights section (the arrays above are views of it), for ``to_model``.
+    _weights: memoryview | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_model(self) -> ir.Model:
+        """The model as an ``onnx_ir.Model`` (``modelpress.ir.io.load``), without decrypting again.
+
+        For version 2 the weights are copied back inline first (``io.join_split_bytes``), so
+        the model no longer depends on the decrypted buffer.
+
+        Raises:
+            ModelLoadError: the decrypted model is not a valid ONNX model.
+        """
+        if self._weights is None:
+            return io.load(self.model_bytes)
+        return io.load(io.join_split_bytes(self.model_bytes, self._weights))
 
 
 def encrypt_model(
@@ -274,6 +288,9 @@ def decrypt_model(source: str | os.PathLike | bytes, key: Key) -> DecryptedModel
     This is the fast way to run an encrypted model (``modelpress.runtime.run`` uses it): for a
     version 2 file, onnxruntime parses only the graph and reads the weights in place from the
     decrypted buffer, which lives as long as the arrays (and the session holding them) do.
+    The buffer is anonymous memory whose pages a helper thread maps just ahead of the
+    decryption (``_sources.AnonymousBuffer``); ``DecryptedModel.to_model`` turns the result
+    into an ``onnx_ir.Model`` without decrypting the file again.
 
     Raises:
         ProtectionError: as ``decrypt_model_bytes``.
@@ -283,7 +300,7 @@ def decrypt_model(source: str | os.PathLike | bytes, key: Key) -> DecryptedModel
     if header.version == 1:
         return DecryptedModel(bytes(plaintext), {})
     graph, weights = _split_plaintext(plaintext)
-    return DecryptedModel(graph, io.buffer_weights(graph, weights))
+    return DecryptedModel(graph, io.buffer_weights(graph, weights), weights)
 
 
 def load_encrypted(source: str | os.PathLike | bytes, key: Key) -> ir.Model:
@@ -483,11 +500,14 @@ def _decrypt_body(source: Source, header: MpeHeader, head: bytes, master: bytes)
             f"{where}: {what}: the file has {source.size} bytes, its header declares {header.file_bytes} "
             f"({header.chunk_count} chunks); copy the file again (a header from another file also gives this)"
         )
-    data, out = _plaintext_buffer(header)
-    try:
-        failure = _decrypt_chunks(source, header, raw, file_key, out)
-    finally:
-        out.release()
+    if header.version == 1 or not header.plaintext_bytes:
+        data, out = output_buffer(header.plaintext_bytes)
+        failure = _decrypt_all(source, header, raw, file_key, out, None)
+    else:
+        # Anonymous memory: page-aligned (so are the weight views), and no file backs it.
+        with AnonymousBuffer(header.plaintext_bytes) as buffer:
+            data, out = buffer.memory, memoryview(buffer.memory)
+            failure = _decrypt_all(source, header, raw, file_key, out, buffer.wait_ready)
     if failure is not None:
         index, problem = failure
         if problem == "short":
@@ -498,25 +518,34 @@ def _decrypt_body(source: Source, header: MpeHeader, head: bytes, master: bytes)
     return data if isinstance(data, bytes) else memoryview(data)
 
 
-def _plaintext_buffer(header: MpeHeader) -> tuple[bytes | bytearray | mmap.mmap, memoryview]:
-    """Where to decrypt: ``bytes`` for a version 1 plaintext (the model), else anonymous memory.
-
-    Anonymous memory is page-aligned, so the weight views are aligned, and no file backs it.
-    (``MAP_POPULATE`` was measured: no faster here, the decrypting threads share the faults.)
-    """
-    if header.version == 1 or not header.plaintext_bytes:
-        return output_buffer(header.plaintext_bytes)
-    buffer = mmap.mmap(-1, header.plaintext_bytes)
-    return buffer, memoryview(buffer)
+def _decrypt_all(
+    source: Source,
+    header: MpeHeader,
+    raw: bytes,
+    file_key: bytes,
+    out: memoryview,
+    wait_ready: Callable[[int], None] | None,
+) -> tuple[int, str] | None:
+    try:
+        return _decrypt_chunks(source, header, raw, file_key, out, wait_ready)
+    finally:
+        out.release()
 
 
 def _decrypt_chunks(
-    source: Source, header: MpeHeader, raw: bytes, file_key: bytes, out: memoryview
+    source: Source,
+    header: MpeHeader,
+    raw: bytes,
+    file_key: bytes,
+    out: memoryview,
+    wait_ready: Callable[[int], None] | None = None,
 ) -> tuple[int, str] | None:
     """Decrypt every chunk into ``out``; returns (index, "short" or "tag") of the first failure.
 
-    Large chunks are decrypted by a few threads at once (the cipher releases the GIL), each
-    with its own cipher object and read buffer; every chunk writes its own slice of ``out``.
+    Large chunks are decrypted by a few threads at once, each with its own cipher object and
+    read buffer; every chunk writes its own slice of ``out``. ``AESGCM.decrypt_into`` releases
+    the GIL (checked with ``cryptography`` 50: other Python threads run during a call), so the
+    threads overlap when a core is free; reading a chunk (``os.preadv``) releases it too.
     """
     local = threading.local()
 
@@ -529,6 +558,8 @@ def _decrypt_chunks(
             return "short"
         start = index * header.chunk_bytes
         aad = _aad(raw, index, header.chunk_count)
+        if wait_ready is not None:
+            wait_ready(start + length)
         try:
             _decrypt_into(local.aead, _nonce(header, index), sealed, aad, out[start : start + length])
         except InvalidTag:

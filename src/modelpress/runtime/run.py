@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from modelpress.errors import ProtectionError, UsageError
 from modelpress.ir import io
-from modelpress.protect.encrypt import MAGIC, decrypt_model, is_encrypted, load_encrypted
+from modelpress.protect.encrypt import MAGIC, decrypt_model, is_encrypted
 from modelpress.protect.keys import Key
 from modelpress.protect.obfuscate.library import LIBRARY_METADATA, MODES, attach_library, has_library
 from modelpress.runtime.session import OptLevel, choose_providers, create_session, run_session
@@ -93,12 +93,13 @@ def open_model_session(
             raise ProtectionError(
                 f"{where}: the model is encrypted (.mpe); give its key with --key-file or --key-env"
             )
-        decrypted = decrypt_model(path, key)
+        decrypted = decrypt_model(path, key)  # the only decryption, library or not
         if LIBRARY_METADATA.encode() not in decrypted.model_bytes:
             return create_session(
                 decrypted.model_bytes, external_initializers=decrypted.external_initializers, **options
             )
-        model = load_encrypted(path, key)
+        model = decrypted.to_model()
+        del decrypted  # the weights are inline in ``model`` now: free the decrypted buffer
     else:
         model = io.load(path)
         if not has_library(model):
