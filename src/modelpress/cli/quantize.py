@@ -136,7 +136,7 @@ def quantize(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Quantize a float32 model (int8 or float16) and report size, kernels and output error.
+    """Quantize a float32 model (int8, int4, float16, bfloat16) and report size, kernels and error.
 
     The output is checked before it is written: it must load in onnxruntime, and its error
     against the float model is measured on the calibration data (without data: on random
