@@ -24,6 +24,7 @@ import typing
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import onnxruntime as ort
 
 from modelpress.errors import ProtectionError, UsageError
@@ -39,14 +40,14 @@ Arrays = collections.abc.Mapping[str, np.ndarray]
 
 
 def open_model_session(
-    path: str | os.PathLike | bytes,
+    path: str | os.PathLike[str] | bytes,
     key: Key | None = None,
     *,
     level: OptLevel = "all",
     threads: int | None = None,
     where: str | None = None,
     mode: str = "runtime",
-    library: str | os.PathLike | bytes | None = None,
+    library: str | os.PathLike[str] | bytes | None = None,
     inter_op_threads: int = 1,
     providers: str | list[str] = "cpu",
 ) -> ort.InferenceSession:
@@ -77,12 +78,21 @@ def open_model_session(
     """
     if mode not in MODES:
         raise UsageError(f"unknown run mode '{mode}'; choose one of: {', '.join(MODES)}")
-    options = {
-        "level": level,
-        "threads": threads,
-        "inter_op_threads": inter_op_threads,
-        "providers": choose_providers(providers),
-    }
+    chosen = choose_providers(providers)
+
+    def session(
+        model: ir.Model | bytes | str | os.PathLike[str],
+        external: collections.abc.Mapping[str, np.ndarray] | None = None,
+    ) -> ort.InferenceSession:
+        return create_session(
+            model,
+            level=level,
+            threads=threads,
+            inter_op_threads=inter_op_threads,
+            providers=chosen,
+            external_initializers=external,
+        )
+
     if isinstance(path, bytes):
         where, encrypted = where or "<bytes>", path.startswith(MAGIC)
     else:
@@ -95,21 +105,19 @@ def open_model_session(
             )
         decrypted = decrypt_model(path, key)  # the only decryption, library or not
         if LIBRARY_METADATA.encode() not in decrypted.model_bytes:
-            return create_session(
-                decrypted.model_bytes, external_initializers=decrypted.external_initializers, **options
-            )
+            return session(decrypted.model_bytes, decrypted.external_initializers)
         model = decrypted.to_model()
         del decrypted  # the weights are inline in ``model`` now: free the decrypted buffer
     else:
         model = io.load(path)
         if not has_library(model):
-            return create_session(path, **options)
+            return session(path)
     attach_library(model, model_path=model_path, key=key, library=library, mode=mode)
-    return create_session(model, **options)
+    return session(model)
 
 
 def run_model_file(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     inputs: collections.abc.Sequence[np.ndarray] | Arrays = (),
     key: Key | None = None,
     *,
@@ -145,7 +153,7 @@ def run_model_file(
     return {name: np.asarray(value) for name, value in run_session(session, feeds).items()}
 
 
-def load_array(path: str | os.PathLike) -> np.ndarray:
+def load_array(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one array from a ``.npy`` file; pickled (object) arrays are refused, never loaded.
 
     Raises:
@@ -165,7 +173,7 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
-def save_outputs(outputs: Arrays, path: str | os.PathLike) -> Path:
+def save_outputs(outputs: Arrays, path: str | os.PathLike[str]) -> Path:
     """Write outputs atomically: ``.npy`` for exactly one output, ``.npz`` for any number.
 
     Raises:
@@ -187,7 +195,7 @@ def save_outputs(outputs: Arrays, path: str | os.PathLike) -> Path:
                 if dest.suffix == ".npy":
                     np.save(file, next(iter(outputs.values())), allow_pickle=False)
                 else:
-                    np.savez(file, **outputs)
+                    np.savez(file, **dict(outputs))  # type: ignore[arg-type]  # numpy stubs: names typed as bool
             os.replace(staged, dest)
     except (OSError, ValueError) as e:
         raise UsageError(f"{dest}: cannot write the outputs: {e}") from e
