@@ -9,7 +9,9 @@ Calibration memory is measured on the digits CNN and resnet_like only.
 Variants (same calibration files for every static one, ``--calib-samples`` of them):
 
 * ``fp32``; ``mp-{minmax,entropy,percentile,mse}``: modelpress static, U8S8 per-channel;
-  ``mp-minmax-s8s8``: int8 activations; ``mp-weight-only``: int8 weights + DequantizeLinear;
+  ``mp-minmax-s8s8``: int8 activations; ``mp-minmax-float-stem``: minmax with the image stem
+  (the 3- or 1-channel Conv on the input, and its Relu/Clip) kept float (``float_stem``);
+  ``mp-weight-only``: int8 weights + DequantizeLinear;
 * ``ort-qdq-{minmax,entropy,percentile}``: ``quantize_static`` (QDQ, per-channel, QUInt8
   activations, QInt8 weights: the same scheme), defaults otherwise;
 * ``ort-dynamic``: ``quantize_dynamic`` (QInt8 weights; QUInt8 where onnxruntime has no
@@ -69,7 +71,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-MP = ("mp-minmax", "mp-entropy", "mp-percentile", "mp-mse", "mp-minmax-s8s8", "mp-weight-only")
+MP = (
+    "mp-minmax",
+    "mp-entropy",
+    "mp-percentile",
+    "mp-mse",
+    "mp-minmax-s8s8",
+    "mp-minmax-float-stem",
+    "mp-weight-only",
+)
 ORT = ("ort-qdq-minmax", "ort-qdq-entropy", "ort-qdq-percentile", "ort-dynamic")
 FILE_BATCH = 10  # samples per calibration file
 IMAGE_MODELS = ("digits_cnn", "resnet_like", "mobilenetv2_like")
@@ -111,7 +121,11 @@ def _quantize(tool: str, source: str, destination: str, calib: str) -> dict:
             spec, calib_dir = text_specs[tool]
         else:
             calibrator = tool.split("-")[1]
-            spec = QuantSpec(calibrator=calibrator, activation_dtype="int8" if "s8s8" in tool else "uint8")
+            spec = QuantSpec(
+                calibrator=calibrator,
+                activation_dtype="int8" if "s8s8" in tool else "uint8",
+                float_stem="float-stem" in tool,
+            )
             calib_dir = calib
         rss_import = _peak_rss_mb()
         start = time.perf_counter()

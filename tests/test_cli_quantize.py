@@ -321,3 +321,12 @@ def test_dynamic_embedding_tables_int8_by_default_float_on_request(tmp_path):
         )
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["inserted"]["int8_gather_tables"] == tables
+
+
+def test_float_stem_keeps_the_input_conv_float(model_path, calib, tmp_path):
+    conv = next(n for n in builders.classifier().graph if n.op_type == "Conv").name
+    result = _run("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib, "--float-stem")
+    assert result.exit_code == 0, result.output
+    assert f"kept in float: {conv}: image stem" in " ".join(result.output.split())
+    result = _run("quantize", model_path, "-o", tmp_path / "d.onnx", "--mode", "dynamic", "--float-stem")
+    assert result.exit_code == 2

@@ -99,6 +99,14 @@ def quantize(
         ),
     ] = False,
     fp16_target: Annotated[str, typer.Option("--fp16-target", help=_FP16_TARGET_HELP)] = "cpu",
+    float_stem: Annotated[
+        bool,
+        typer.Option(
+            "--float-stem",
+            help="Static: keep the first conv on the image input (<= 4 channels) and its activation "
+            "float; faster int8 CNNs on x86 (mobilenetv2_like b8 1.37x -> 1.53x).",
+        ),
+    ] = False,
     bits: Annotated[int, typer.Option("--bits", help=_BITS_HELP)] = 8,
     block_size: Annotated[
         int, typer.Option("--block-size", help="4-bit: weights per block (a power of 2, >= 16).")
@@ -155,6 +163,7 @@ def quantize(
             percentile=percentile,
             exclude_nodes=frozenset(exclude or ()),
             fp16_target=fp16_target,
+            float_stem=float_stem,
             bits=bits,
             block_size=block_size,
             symmetric_weights=symmetric,

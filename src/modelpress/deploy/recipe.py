@@ -58,6 +58,7 @@ _STAGE_KEYS = {
         "num_samples",
         "exclude_nodes",
         "bias_correction",
+        "float_stem",
         "max_drop",
     },
     "protect": {"encrypt", "key_file", "obfuscate", "opaque", "seed"},

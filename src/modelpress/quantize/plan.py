@@ -22,6 +22,11 @@ Selection (static mode):
    is faster and exact; a quantized consumer still quantizes them. Outputs of shared (data
    movement) nodes take the scale and zero point of their input.
 
+With ``spec.float_stem`` (static mode), a Conv that reads a graph input with at most
+``STEM_MAX_CHANNELS`` input channels per group is refused as an image stem, and so is a Relu/Clip
+that is the only use of its output (a Q/DQ pair between the two would only add work); the
+stem's output is then quantized once, where its quantized consumers read it.
+
 Weight-only mode selects compute nodes and quantizes their weights only. Dynamic mode selects
 MatMul and Gemm nodes with a constant 2-D weight (right operand) and quantizes their weights,
 plus (``spec.quantize_embeddings``) every Gather on axis 0 of a constant float32 2-D table
@@ -36,7 +41,7 @@ import dataclasses
 
 import onnx_ir as ir
 
-from modelpress.quantize.spec import QuantSpec
+from modelpress.quantize.spec import STEM_MAX_CHANNELS, QuantSpec
 
 __all__ = ["ActivationSite", "BiasSite", "QuantPlan", "WeightSite", "build_plan", "node_label"]
 
@@ -125,6 +130,8 @@ def build_plan(model: ir.Model, spec: QuantSpec) -> QuantPlan:
             skipped[labels[node]] = reason
         else:
             roles[node] = role
+    if spec.float_stem and spec.mode == "static":
+        _keep_stems_float(nodes, labels, roles, skipped)
     selected = [n for n in nodes if roles.get(n) == "compute"]
     if spec.mode == "static":
         selected = _grow_selection(nodes, roles, set(selected))
@@ -138,6 +145,37 @@ def build_plan(model: ir.Model, spec: QuantSpec) -> QuantPlan:
     if spec.mode == "static":
         _plan_activations(plan, selected, roles)
     return plan
+
+
+def _keep_stems_float(
+    nodes: list[ir.Node], labels: dict[ir.Node, str], roles: dict[ir.Node, str], skipped: dict[str, str]
+) -> None:
+    """Refuse image stems and the Relu/Clip that only they feed (``spec.float_stem``)."""
+    for node in nodes:
+        channels = _stem_channels(node) if roles.get(node) == "compute" else None
+        if channels is None:
+            continue
+        del roles[node]
+        skipped[labels[node]] = (
+            f"image stem ({channels} input channel(s) from the graph input, float_stem): the float "
+            "NCHWc Conv is faster than QLinearConv here and the input needs no Quantize/Transpose"
+        )
+        out = node.outputs[0]
+        follower = out.uses()[0].node if len(out.uses()) == 1 and not out.is_graph_output() else None
+        if follower is not None and roles.get(follower) == "activation":
+            del roles[follower]
+            skipped[labels[follower]] = "follows a float image stem (float_stem)"
+
+
+def _stem_channels(node: ir.Node) -> int | None:
+    """Input channels per group of a Conv that reads a graph input, when <= ``STEM_MAX_CHANNELS``."""
+    x, weight = node.inputs[0], node.inputs[1]
+    if node.op_type != "Conv" or x is None or not x.is_graph_input() or weight is None:
+        return None
+    shape = weight.shape
+    if shape is None or len(shape) < 3 or not isinstance(shape[1], int):
+        return None
+    return shape[1] if shape[1] <= STEM_MAX_CHANNELS else None
 
 
 def _grow_selection(nodes: list[ir.Node], roles: dict[ir.Node, str], selected: set[ir.Node]) -> list[ir.Node]:

@@ -25,6 +25,14 @@ On ARM64 the ``sdot``/``smmla`` instructions are signed: the default there is ``
 u8*s8 products into a *saturating* int16: ``255 * 127 * 2`` overflows. It costs accuracy and
 saturation needs two adjacent near-maximal products, so it stays opt-in (onnxruntime's
 quantizer makes the same choice); VNNI accumulates in int32 and never saturates.
+
+``float_stem`` keeps an image stem float: a Conv that reads a graph input with at most
+``STEM_MAX_CHANNELS`` input channels per group (RGB, grayscale), and the Relu/Clip right after
+it. Such a Conv has only ``C * kh * kw`` (27 for RGB 3x3) products per output, too few for
+onnxruntime's QLinearConv (NHWC, per-pixel requantization) to beat its float NCHWc kernel,
+which reads NCHW input directly; the int8 stem also needs the whole input image quantized and
+transposed to NHWC. Measured here (``bench/quantize_vs_ort.py``): the int8 stem of
+mobilenetv2_like costs about 2x the float one. Off by default: it changes what is quantized.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ __all__ = [
     "DYNAMIC_OP_TYPES",
     "MODES",
     "OP_ROLES",
+    "STEM_MAX_CHANNELS",
     "WEIGHT_FORMATS",
     "QuantSpec",
     "cpu_has_vnni",
@@ -92,6 +101,8 @@ OP_ROLES: dict[str, str] = {
 # Mul is known but off by default: in transformers it scales by constants (GELU, attention)
 # where a quantized Mul adds error and no speed.
 DEFAULT_OP_TYPES: frozenset[str] = frozenset(OP_ROLES) - {"Mul"}
+# ``float_stem``: the most input channels per group of a Conv on a graph input kept float.
+STEM_MAX_CHANNELS = 4
 
 
 def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
@@ -161,6 +172,9 @@ class QuantSpec:
         quantize_embeddings: Dynamic mode: also store constant Gather (embedding) tables as
             int8 per row, dequantizing only the rows looked up (``dynamic.py``); False keeps
             them float32.
+        float_stem: Static mode: keep an image stem (a Conv on a graph input with at most
+            ``STEM_MAX_CHANNELS`` input channels per group, and its Relu/Clip) float; see the
+            module docstring.
     """
 
     mode: Mode = "static"
@@ -183,6 +197,7 @@ class QuantSpec:
     bias_correction: bool = False
     variance_correction: bool = False
     quantize_embeddings: bool = True
+    float_stem: bool = False
 
     def __post_init__(self) -> None:
         """Reject unknown or unsupported settings with a message that lists the choices."""
@@ -203,6 +218,8 @@ class QuantSpec:
             raise UsageError(
                 f"bias correction needs calibration data: use --mode static, not --mode {self.mode}"
             )
+        if self.float_stem and self.mode != "static":
+            raise UsageError(f"float_stem applies to --mode static, not --mode {self.mode}")
         if not self.symmetric_weights and self.bits != 4:
             raise UsageError(
                 "asymmetric weights are not implemented for 8 bits; use symmetric weights (the default)"
