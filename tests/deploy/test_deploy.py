@@ -123,6 +123,7 @@ def test_the_bundled_digits_recipe_from_the_command_line(tmp_path):
     assert rows["original"]["accuracy"] >= 0.95
     assert rows["protect"]["accuracy"] >= rows["original"]["accuracy"] - 0.01
     assert rows["quantize"]["size_bytes"] < rows["original"]["size_bytes"] / 2
+    assert np.load(data["sample_input"]).shape == (1, 1, 8, 8)  # the "try it" hint's input
     image = np.load(out / "data" / "eval.npz")["image"][:2]
     result = load_package(out / "package").run({"image": image}, KeySource.from_file(out / "deploy.key"))
     assert result["logits.labels"].shape == (2, 3)

@@ -123,7 +123,8 @@ def _print_summary(report: Any) -> None:
     for path in report.report_files:
         console.print(f"report: {escape(str(path))}", highlight=False, soft_wrap=True)
     console.print(
-        f"try it: modelpress run {escape(str(report.package))}{key} --input IMAGE.npy    "
+        f"try it: modelpress run {escape(str(report.package))}{key} --input "
+        f"{escape(str(report.sample_input or 'INPUT.npy'))}    "
         f"modelpress serve {escape(str(report.package))}{key}",
         highlight=False,
         soft_wrap=True,

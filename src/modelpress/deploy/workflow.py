@@ -75,6 +75,7 @@ class DeployReport:
     key_file: Path | None
     seconds: float = 0.0
     report_files: list[Path] = dataclasses.field(default_factory=list)
+    sample_input: Path | None = None  # one raw eval row as .npy, to try the package with
 
     def summary(self) -> list[dict[str, typing.Any]]:
         """One row per stage: size, nodes, accuracy, agreement, p50 per batch, speed-up."""
@@ -114,6 +115,7 @@ class DeployReport:
             "workdir": str(self.workdir),
             "package": str(self.package),
             "key_file": None if self.key_file is None else str(self.key_file),
+            "sample_input": None if self.sample_input is None else str(self.sample_input),
             "seconds": self.seconds,
             "summary": self.summary(),
             "stages": [s.to_json() for s in self.stages],
@@ -191,6 +193,7 @@ def deploy(
         progress=bench_progress,
     )
     report = DeployReport(recipe.name, root, stages, bench, root / "package", key_file)
+    report.sample_input = _sample_input(eval_path, root / "data")
     final = report.summary()[-1]
     say(f"package -> {report.package}")
     build_package(
@@ -220,6 +223,19 @@ def _example_pipeline(example: str | None) -> Pipeline | None:
     from modelpress.examples.digits import digits_pipeline
 
     return digits_pipeline()
+
+
+def _sample_input(eval_path: Path | None, folder: Path) -> Path | None:
+    """The first eval row of a one-input model as ``sample_input.npy`` (None without eval data)."""
+    if eval_path is None:
+        return None
+    rows = {name: value for name, value in load_data(eval_path).items() if name != LABELS_KEY}
+    if len(rows) != 1:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sample_input.npy"
+    np.save(path, next(iter(rows.values()))[:1])
+    return path
 
 
 def _data(recipe: Recipe, folder: Path, say: Say) -> tuple[dict[str, np.ndarray] | None, Path | None]:
