@@ -161,11 +161,8 @@ class _ConvAddActivation(RewriteRuleClassBase):
             return result.fail(reason)
         if not (_single_use(conv_out) and _single_use(add_out)):
             return result.fail("an intermediate value has other consumers")
-        if _no_bias_size(conv_out):
-            return result.fail("the Conv has no bias and W's output-channel count is not a known integer")
-        if not same_shape(conv_out, z):
-            return result.fail(f"residual shape {z.shape} is not the Conv output shape {conv_out.shape}")
-        return result
+        reason = _residual_refusal(conv_out, z)
+        return result.fail(reason) if reason else result
 
     def rewrite(
         self,
@@ -206,11 +203,8 @@ class _ConvAdd(RewriteRuleClassBase):
             return result.fail("Conv output has other consumers")
         if any(use.node.op_type in _ACTIVATIONS and use.node.domain == "" for use in add_out.uses()):
             return result.fail("the sum feeds an activation: left to the residual+activation form")
-        if _no_bias_size(conv_out):
-            return result.fail("the Conv has no bias and W's output-channel count is not a known integer")
-        if not same_shape(conv_out, z):
-            return result.fail(f"residual shape {z.shape} is not the Conv output shape {conv_out.shape}")
-        return result
+        reason = _residual_refusal(conv_out, z)
+        return result.fail(reason) if reason else result
 
     def rewrite(
         self, op: RewriteOp, x: ir.Value, z: ir.Value, conv_out: ir.Value, add_out: ir.Value
@@ -218,6 +212,15 @@ class _ConvAdd(RewriteRuleClassBase):
         conv = producer_of(conv_out)
         attributes = {name: attr for name, attr in conv.attributes.items()}
         return op.FusedConv(*_with_bias(op, conv), z, _domain=MS_DOMAIN, **attributes)
+
+
+def _residual_refusal(conv_out: ir.Value, z: ir.Value) -> str | None:
+    """Why the residual ``z`` cannot become FusedConv's sum input, or None."""
+    if _no_bias_size(conv_out):
+        return "the Conv has no bias and W's output-channel count is not a known integer"
+    if not same_shape(conv_out, z):
+        return f"residual shape {z.shape} is not the Conv output shape {conv_out.shape}"
+    return None
 
 
 def _bias_channels(conv: ir.Node) -> int | None:
