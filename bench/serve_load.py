@@ -7,7 +7,7 @@ bundled ``build_example_cnn`` has a fixed batch of 1, so micro-batching could no
 Two servers are started in turn, each as a uvicorn subprocess on 127.0.0.1 and a free port:
 
 * ``modelpress``: ``modelpress serve MODEL --token-file F --threads T`` (default
-  ``--max-batch 8 --max-delay-ms 5`` unless given);
+  ``--max-batch 8 --max-delay-ms 0``, the serve defaults, unless given);
 * ``baseline``: a plain FastAPI app written inline below: the same JSON body parsed with
   ``json.loads`` + ``np.asarray``, the same bearer-token check, one onnxruntime session with the
   same settings as modelpress's (``ORT_ENABLE_ALL``, ``T`` intra-op threads, 1 inter-op thread,
@@ -230,7 +230,7 @@ def main() -> None:
         "--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads"
     )
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--max-delay-ms", type=float, default=5.0)
+    parser.add_argument("--max-delay-ms", type=float, default=0.0, help="as modelpress serve (default 0)")
     parser.add_argument("--warmup", type=int, default=32, help="warm-up requests per server")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/serve_load.json")
     args = parser.parse_args()

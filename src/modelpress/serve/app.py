@@ -135,18 +135,7 @@ def create_app(
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: typing.Any) -> Response:
-        start, route = time.perf_counter(), request.url.path
-        route = route if route in _ROUTES else "other"
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.record_request(route, 500, None)
-            raise
-        seconds = time.perf_counter() - start if route == "/v1/predict" else None
-        metrics.record_request(route, response.status_code, seconds)
-        return response
+    app.add_middleware(_CountRequests, metrics=metrics)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -184,6 +173,41 @@ def create_app(
         return _respond(results, request.headers.get("accept", ""))
 
     return app
+
+
+class _CountRequests:
+    """Counts every response by route and status, and times ``/v1/predict``, for ``/metrics``.
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` (``BaseHTTPMiddleware``)
+    re-streams every response through an extra task and memory stream, work a counter does
+    not need.
+    """
+
+    def __init__(self, app: typing.Any, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: typing.Any, receive: typing.Any, send: typing.Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, route = time.perf_counter(), scope.get("path", "")
+        route = route if route in _ROUTES else "other"
+        status = 500
+
+        async def record_status(message: typing.Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        except Exception:
+            self.metrics.record_request(route, 500, None)
+            raise
+        seconds = time.perf_counter() - start if route == "/v1/predict" else None
+        self.metrics.record_request(route, status, seconds)
 
 
 def _run_model(session: typing.Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
