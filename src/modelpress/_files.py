@@ -10,7 +10,7 @@ from modelpress.errors import UsageError
 __all__ = ["read_small_text"]
 
 
-def read_small_text(path: str | os.PathLike, limit: int, what: str) -> str:
+def read_small_text(path: str | os.PathLike[str], limit: int, what: str) -> str:
     """The UTF-8 text of ``path``, refused when larger than ``limit`` bytes.
 
     Args:

@@ -20,12 +20,12 @@ import onnx_ir as ir
 from modelpress.errors import UsageError
 from modelpress.runtime.feeds import random_feeds
 
-__all__ = ["batch_rows", "load_data", "make_inputs"]
+__all__ = ["batch_rows", "input_names", "load_data", "make_inputs"]
 
 Arrays = dict[str, np.ndarray]
 
 
-def load_data(path: str | os.PathLike) -> Arrays:
+def load_data(path: str | os.PathLike[str]) -> Arrays:
     """Read benchmark inputs from a folder of ``.npy``/``.npz`` files, or from one ``.npz`` file.
 
     Raises:
@@ -64,7 +64,14 @@ def batch_rows(array: np.ndarray, batch: int) -> np.ndarray:
     """
     if array.ndim == 0 or array.shape[0] == 0:
         raise UsageError(f"a data array of shape {list(array.shape)} has no rows to make a batch of {batch}")
-    return np.take(array, np.arange(batch) % array.shape[0], axis=0)
+    rows: np.ndarray = np.take(array, np.arange(batch) % array.shape[0], axis=0)
+    return rows
+
+
+def input_names(model: ir.Model) -> list[str]:
+    """Names of the model's graph inputs that are fed (initializers are not)."""
+    # onnx_ir names every graph input (``val_N``), so the "" fallback never applies.
+    return [v.name or "" for v in model.graph.inputs if v.name not in model.graph.initializers]
 
 
 def make_inputs(
@@ -81,7 +88,7 @@ def make_inputs(
     Raises:
         UsageError: ``data`` lacks an input, or a static leading dim contradicts ``batch``.
     """
-    names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    names = input_names(model)
     if data is not None:
         missing = [name for name in names if name not in data]
         if missing:

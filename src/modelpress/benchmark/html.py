@@ -29,7 +29,7 @@ _STYLE = (
 )
 
 
-def write_html(report: BenchReport, path: str | os.PathLike) -> Path:
+def write_html(report: BenchReport, path: str | os.PathLike[str]) -> Path:
     """Write ``render_html(report)`` to ``path`` (folders created) and return the path.
 
     Raises:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from modelpress.benchmark._inputs import load_data, make_inputs
+from modelpress.benchmark._inputs import input_names, load_data, make_inputs
 from modelpress.benchmark.quality import LABELS_KEY, Quality, collect_outputs, compare_quality
 from modelpress.benchmark.report import STAGES, BenchReport, Measurement, ModelResult
 from modelpress.benchmark.stats import latency_stats
@@ -83,13 +83,13 @@ class _Target:
 
 
 def benchmark_models(
-    paths: collections.abc.Sequence[str | os.PathLike],
+    paths: collections.abc.Sequence[str | os.PathLike[str]],
     *,
     batches: collections.abc.Sequence[int] = (1,),
     threads: collections.abc.Sequence[int] = (1,),
     runs: int = 50,
     warmup: int = 5,
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike[str] | None = None,
     key: Key | None = None,
     level: OptLevel = "all",
     progress: ProgressFn | None = None,
@@ -184,7 +184,7 @@ def benchmark_models(
 def _evaluate(
     target: _Target, session: Session, dataset: dict[str, np.ndarray], chunk: int
 ) -> dict[str, np.ndarray]:
-    names = [v.name for v in target.model.graph.inputs if v.name not in target.model.graph.initializers]
+    names = input_names(target.model)
     missing = [name for name in names if name not in dataset]
     if missing:
         raise UsageError(f"{target.name}: --data has no array for input(s) {', '.join(missing)}")
@@ -249,7 +249,7 @@ def _timed_rounds(
     return times
 
 
-def _open_targets(paths: collections.abc.Sequence[str | os.PathLike], key: Key | None) -> list[_Target]:
+def _open_targets(paths: collections.abc.Sequence[str | os.PathLike[str]], key: Key | None) -> list[_Target]:
     targets: list[_Target] = []
     for raw_path in paths:
         path = Path(raw_path)

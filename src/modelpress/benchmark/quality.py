@@ -129,7 +129,8 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def _top1(scores: np.ndarray) -> np.ndarray:
-    return np.argmax(scores.reshape(scores.shape[0], -1, scores.shape[-1]), axis=-1)[:, 0]
+    best: np.ndarray = np.argmax(scores.reshape(scores.shape[0], -1, scores.shape[-1]), axis=-1)[:, 0]
+    return best
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:

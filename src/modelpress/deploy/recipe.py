@@ -99,7 +99,7 @@ class Recipe:
     where: str
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and validate a recipe file.
 
     Raises:

@@ -168,10 +168,10 @@ def deploy(
             )
         stages.append(_result(stage, path, time.perf_counter() - started, details))
     packages = root / "stages"
-    for index, stage in enumerate(stages):
-        stage.package_path = build_package(
-            stage.model_path,
-            packages / stage.stage,
+    for index, result in enumerate(stages):
+        result.package_path = build_package(
+            result.model_path,
+            packages / result.stage,
             pipeline=pipeline,
             steps=steps[:index],
             overwrite=True,
@@ -222,7 +222,8 @@ def _example_pipeline(example: str | None) -> Pipeline | None:
         return None
     from modelpress.examples.digits import digits_pipeline
 
-    return digits_pipeline()
+    pipeline: Pipeline = digits_pipeline()  # annotated typing.Any in examples/digits.py
+    return pipeline
 
 
 def _sample_input(eval_path: Path | None, folder: Path) -> Path | None:
@@ -341,7 +342,7 @@ def _model_ready_eval(raw: dict[str, np.ndarray], pipeline: Pipeline | None, fol
         chunk = {name: value[start : start + 64] for name, value in rows.items()}
         feeds = pipeline.preprocess(chunk) if pipeline is not None else chunk
         extra = {LABELS_KEY: np.asarray(labels)[start : start + 64]} if labels is not None else {}
-        np.savez(folder / f"eval_{index:04d}.npz", **feeds, **extra)
+        np.savez(folder / f"eval_{index:04d}.npz", **feeds, **extra)  # type: ignore[arg-type]  # numpy stubs: names typed as bool
     return folder
 
 
@@ -400,14 +401,15 @@ def _protect(
         io.save(model, current)
     if not encrypt:
         return current, details, None, None
+    assert key is not None and key_file is not None  # both set above when encrypting
     path = root / "model.mpe"
-    header = encrypt_model(current, path, key)  # type: ignore[arg-type]
+    header = encrypt_model(current, path, key)
     details["encrypt"] = {
-        "key_id": key_id(key),  # type: ignore[arg-type]
+        "key_id": key_id(key),
         "chunks": header.chunk_count,
         "plaintext_bytes": header.plaintext_bytes,
     }
-    return path, details, key, Path(key_file)  # type: ignore[arg-type]
+    return path, details, key, Path(key_file)
 
 
 def _result(stage: str, path: Path, seconds: float, details: dict[str, typing.Any]) -> StageResult:

@@ -35,10 +35,10 @@ __all__ = ["build_package"]
 
 
 def build_package(
-    model_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
     *,
-    pipeline: Pipeline | str | os.PathLike | None = None,
+    pipeline: Pipeline | str | os.PathLike[str] | None = None,
     steps: collections.abc.Iterable[collections.abc.Mapping[str, typing.Any]] = (),
     metrics: collections.abc.Mapping[str, typing.Any] | None = None,
     key_id: str | None = None,
@@ -153,7 +153,7 @@ def _read_library(path: Path, model_bytes: bytes) -> bytes | None:
     return None
 
 
-def _pipeline_bytes(pipeline: Pipeline | str | os.PathLike) -> bytes:
+def _pipeline_bytes(pipeline: Pipeline | str | os.PathLike[str]) -> bytes:
     if isinstance(pipeline, Pipeline):
         return pipeline.to_yaml().encode("utf-8")
     Pipeline.from_yaml(pipeline)  # validate every step before it goes into a package

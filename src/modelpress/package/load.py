@@ -141,7 +141,7 @@ class Package:
         return pipeline.postprocess({name: np.asarray(value) for name, value in outputs.items()})
 
 
-def load_package(path: str | os.PathLike) -> Package:
+def load_package(path: str | os.PathLike[str]) -> Package:
     """Open the package folder ``path`` and verify every file against its manifest.
 
     Raises:

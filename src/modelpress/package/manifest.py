@@ -180,8 +180,8 @@ class Manifest:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise PackageError(f"{where}: files.{name}.size must be a byte count, got {size!r}")
             entries[name] = FileEntry(sha, size)
-        model, pipeline = data.get("model"), data.get("pipeline")
-        check_layout(model, pipeline, entries, where)
+        pipeline = data.get("pipeline")
+        model = check_layout(data.get("model"), pipeline, entries, where)
         steps, metrics = data.get("steps", []), data.get("metrics", {})
         if not isinstance(steps, list) or not all(_is_step(step) for step in steps):
             raise PackageError(f"{where}: 'steps' must be a list of {{\"step\": name, ...parameters}}")
@@ -197,10 +197,13 @@ class Manifest:
 
 def check_layout(
     model: object, pipeline: object, files: collections.abc.Mapping[str, object], where: str
-) -> None:
+) -> str:
     """A package holds its model, its pipeline and operator library when it has them, no more.
 
     The operator library (``model.mplib``) belongs to a model obfuscated into opaque operators.
+
+    Returns:
+        ``model``, checked to be a model file name.
 
     Raises:
         PackageError: a bad model or pipeline name, or ``files`` not exactly those.
@@ -215,9 +218,10 @@ def check_layout(
             f"{where}: 'files' lists {sorted(files)}, but a package with this model and pipeline holds "
             f"exactly {sorted(expected)} (and {LIBRARY_NAME} for an obfuscated model)"
         )
+    return model
 
 
-def sha256_file(path: str | os.PathLike) -> FileEntry:
+def sha256_file(path: str | os.PathLike[str]) -> FileEntry:
     """Hash a file in 1 MiB chunks (never the whole file in memory)."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as file:

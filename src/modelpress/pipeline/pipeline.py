@@ -150,7 +150,7 @@ class Pipeline:
             raise UsageError(f"{where}: {e}") from e
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> Pipeline:
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Pipeline:
         """Read a ``pipeline.yaml`` (safe YAML only).
 
         Raises:
@@ -182,7 +182,8 @@ class Pipeline:
 
     def to_yaml(self) -> str:
         """The pipeline as YAML text."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        text: str = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        return text
 
     def preprocess(self, raw: collections.abc.Mapping[str, object]) -> dict[str, np.ndarray]:
         """Turn raw inputs into model feeds; inputs without steps pass through as arrays.

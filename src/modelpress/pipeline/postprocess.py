@@ -50,7 +50,8 @@ class SoftmaxStep(Step):
         x = self.numeric(value)
         axis = _class_axis(self, x, self.params["axis"])
         shifted = np.exp(x - x.max(axis=axis, keepdims=True))
-        return shifted / shifted.sum(axis=axis, keepdims=True)
+        probabilities: np.ndarray = shifted / shifted.sum(axis=axis, keepdims=True)
+        return probabilities
 
 
 class SigmoidStep(Step):
@@ -64,7 +65,8 @@ class SigmoidStep(Step):
         x = self.numeric(value)
         # exp of a non-positive number never overflows: split by sign.
         e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+        probabilities: np.ndarray = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+        return probabilities
 
 
 class ArgmaxStep(Step):
@@ -78,10 +80,11 @@ class ArgmaxStep(Step):
         """Index (int64) or label (unicode str array) of the maximum."""
         x = self.numeric(value)
         axis = _class_axis(self, x, self.params["axis"])
-        index = x.argmax(axis=axis).astype(np.int64)
+        index: np.ndarray = x.argmax(axis=axis).astype(np.int64)
         if self.params["labels"] is None:
             return index
-        return _label_array(self, self.params["labels"], x.shape[axis])[index]
+        names: np.ndarray = _label_array(self, self.params["labels"], x.shape[axis])[index]
+        return names
 
 
 class TopKStep(Step):
@@ -128,10 +131,11 @@ class ThresholdStep(Step):
 
     def apply(self, value: object) -> np.ndarray:
         """Binarize the batch."""
-        decision = (self.numeric(value) >= self.params["threshold"]).astype(np.int64)
+        decision: np.ndarray = (self.numeric(value) >= self.params["threshold"]).astype(np.int64)
         if self.params["labels"] is None:
             return decision
-        return np.asarray(self.params["labels"], dtype=np.str_)[decision]
+        names: np.ndarray = np.asarray(self.params["labels"], dtype=np.str_)[decision]
+        return names
 
 
 class DiscretizeStep(Step):
@@ -162,12 +166,13 @@ class DiscretizeStep(Step):
 
     def apply(self, value: object) -> np.ndarray:
         """Bin index (int64) or bin label of every value."""
-        index = np.digitize(self.numeric(value), self.params["bins"], right=self.params["right"]).astype(
-            np.int64
-        )
+        index: np.ndarray = np.digitize(
+            self.numeric(value), self.params["bins"], right=self.params["right"]
+        ).astype(np.int64)
         if self.params["labels"] is None:
             return index
-        return np.asarray(self.params["labels"], dtype=np.str_)[index]
+        names: np.ndarray = np.asarray(self.params["labels"], dtype=np.str_)[index]
+        return names
 
 
 class RoundStep(Step):
@@ -197,4 +202,5 @@ class RescaleStep(Step):
         """Scale and shift the batch."""
         x = self.numeric(value)
         axis = self.params["axis"]
-        return x * self.along("scale", x, axis) + self.along("offset", x, axis)
+        scaled: np.ndarray = x * self.along("scale", x, axis) + self.along("offset", x, axis)
+        return scaled

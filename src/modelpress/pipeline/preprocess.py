@@ -216,7 +216,8 @@ class ToTensorStep(Step):
         if self.params["layout"] == "nchw":
             batch = batch.transpose(0, 3, 1, 2)
         dtype = np.dtype(self.params["dtype"])
-        return np.ascontiguousarray(batch, dtype=dtype) / dtype.type(self.params["divisor"])
+        scaled: np.ndarray = np.ascontiguousarray(batch, dtype=dtype) / dtype.type(self.params["divisor"])
+        return scaled
 
 
 class MinMaxStep(Step):
@@ -252,7 +253,7 @@ class MinMaxStep(Step):
         axis = self.params["axis"]
         low, high = self.along("min", x, axis), self.along("max", x, axis)
         out_low, out_high = (x.dtype.type(v) for v in self.params["feature_range"])
-        scaled = (x - low) / (high - low) * (out_high - out_low) + out_low
+        scaled: np.ndarray = (x - low) / (high - low) * (out_high - out_low) + out_low
         return np.clip(scaled, out_low, out_high) if self.params["clip"] else scaled
 
 
@@ -271,7 +272,8 @@ class ZScoreStep(Step):
         """Subtract the mean and divide by the standard deviation."""
         x = self.numeric(value)
         axis = self.params["axis"]
-        return (x - self.along("mean", x, axis)) / self.along("std", x, axis)
+        standardized: np.ndarray = (x - self.along("mean", x, axis)) / self.along("std", x, axis)
+        return standardized
 
 
 class NormalizeStep(ZScoreStep):
@@ -285,7 +287,7 @@ class NormalizeStep(ZScoreStep):
     }
 
 
-def _lookup(step: Step, vocab: list, value: object) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(step: Step, vocab: list[str] | list[float], value: object) -> tuple[np.ndarray, np.ndarray]:
     """Index of each category in ``vocab`` (vectorized), and a mask of the unknown ones."""
     x = np.asarray(value)
     categories = np.asarray(vocab)
@@ -309,7 +311,7 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _squeeze_column(step: Step, value: object) -> object:
+def _squeeze_column(step: Step, value: object) -> np.ndarray:
     x = np.asarray(value)
     if x.ndim == 2 and x.shape[1] == 1:
         return x[:, 0]
@@ -398,7 +400,8 @@ class ClipStep(Step):
         axis = self.params["axis"]
         low = self.along("min", x, axis) if self.params["min"] is not None else None
         high = self.along("max", x, axis) if self.params["max"] is not None else None
-        return np.clip(x, low, high)
+        clipped: np.ndarray = np.clip(x, low, high)
+        return clipped
 
 
 class CastStep(Step):

@@ -70,7 +70,7 @@ class _InputSpec:
 
 
 def create_app(
-    package_or_model: Package | str | os.PathLike,
+    package_or_model: Package | str | os.PathLike[str],
     *,
     key: Key | None = None,
     token: str | None = None,
@@ -274,7 +274,8 @@ def _parse_body(
 
 def _load_npy(stream: typing.BinaryIO, where: str) -> np.ndarray:
     try:
-        return np.load(stream, allow_pickle=False)
+        array: np.ndarray = np.load(stream, allow_pickle=False)
+        return array
     except (ValueError, OSError, EOFError) as e:
         raise HTTPException(400, f"{where} is not a readable .npy array (no Python objects): {e}") from None
 
@@ -318,7 +319,9 @@ def _check_feeds(
             f"unknown input(s) {', '.join(unknown)}" if unknown else f"missing input(s) {', '.join(missing)}"
         )
         raise HTTPException(400, f"{problem}; the model takes {_describe(specs)}")
-    checked, bound, leading = {}, {}, set()
+    checked: dict[str, np.ndarray] = {}
+    bound: dict[str, int] = {}
+    leading: set[int | None] = set()
     for name, spec in specs.items():
         array = np.asarray(feeds[name])
         if spec.dtype is None:
@@ -365,7 +368,7 @@ def _describe(specs: dict[str, _InputSpec]) -> str:
 def _respond(results: dict[str, np.ndarray], accept: str) -> Response:
     if any(t in accept for t in _NPZ_TYPES):
         buffer = io.BytesIO()
-        np.savez(buffer, **results)
+        np.savez(buffer, **results)  # type: ignore[arg-type]  # numpy stubs: names typed as bool
         return Response(buffer.getvalue(), media_type="application/x-npz")
     # json.dumps, not JSONResponse: float outputs may hold NaN/Infinity, written as JavaScript does.
     payload = {"outputs": {name: np.asarray(value).tolist() for name, value in results.items()}}
