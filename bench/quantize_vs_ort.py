@@ -1,10 +1,17 @@
 """Benchmark ``modelpress quantize`` against ``onnxruntime.quantization`` (not a test).
 
 Models: the digits CNN trained here on scikit-learn's ``load_digits`` (top-1 accuracy on the
-540 held-out images), ``resnet_like`` and ``mobilenetv2_like`` (random weights, exported with
-folding; output similarity to fp32 on 200 random images that calibration never saw: mean/min
-cosine of the logits, top-1 agreement, max error relative to the output's scale).
-Calibration memory is measured on the digits CNN and resnet_like only.
+540 held-out images), ``resnet_like``, ``mobilenetv2_like`` and ``mobilenetv2`` (random
+weights, exported with folding; output similarity to fp32 on 200 random images that
+calibration never saw: mean/min cosine of the logits, top-1 agreement, max error relative to
+the output's scale). Calibration memory is measured on the digits CNN and resnet_like only.
+
+The two MobileNetV2s answer different questions. ``mobilenetv2_like`` (64x64 images, 16-32
+channels, ~140 KiB) runs in a fraction of a millisecond, so per-node overhead dominates and
+int8 has little compute to save: it shows what quantization does to an overhead-bound net.
+``mobilenetv2`` is torchvision's full architecture (width 1.0, 224x224 images, 3.5 M
+parameters, 1000 classes), a compute-bound net where int8 kernels can pay off. It is also
+the slow one here: 224x224 calibration and eval images, and a far bigger graph to calibrate.
 
 Variants (same calibration files for every static one, ``--calib-samples`` of them):
 
@@ -48,8 +55,11 @@ ORT_DISABLE_ALL). Calibration: 128 other sentences (random sequences for bert_li
 
 Usage::
 
-    .venv/bin/python bench/quantize_vs_ort.py            # ~5 min on 2 cores
+    .venv/bin/python bench/quantize_vs_ort.py            # all models; mobilenetv2 not timed yet
     .venv/bin/python bench/quantize_vs_ort.py --quick    # fewer runs, no 1000-sample RSS
+    .venv/bin/python bench/quantize_vs_ort.py --models digits_cnn resnet_like mobilenetv2_like \
+        bert_like minilm                                 # all but mobilenetv2: ~5 min on 2 cores
+    .venv/bin/python bench/quantize_vs_ort.py --models mobilenetv2   # the full MobileNetV2 only
     .venv/bin/python bench/quantize_vs_ort.py --models minilm bert_like   # text models only
 
 Results: ``bench/results/quantize.json`` and ``.md`` (the table is printed too); a run of some
@@ -82,7 +92,7 @@ MP = (
 )
 ORT = ("ort-qdq-minmax", "ort-qdq-entropy", "ort-qdq-percentile", "ort-dynamic")
 FILE_BATCH = 10  # samples per calibration file
-IMAGE_MODELS = ("digits_cnn", "resnet_like", "mobilenetv2_like")
+IMAGE_MODELS = ("digits_cnn", "resnet_like", "mobilenetv2_like", "mobilenetv2")
 MEMORY_MODELS = ("digits_cnn", "resnet_like")  # calibration RSS at 100 and 1000 samples
 TEXT_MODELS = ("bert_like", "minilm")
 TEXT_MP = ("mp-dynamic", "mp-dynamic-float-emb", "mp-static", "mp-int4", "mp-int4-gptq", "mp-int4-gptq-acc4")
@@ -224,35 +234,39 @@ def _spawn(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def prepare(workdir: Path, calib_samples: int) -> dict[str, dict]:
-    """Export both models, write calibration folders (100, 1000 and --calib-samples), eval sets."""
+def prepare(workdir: Path, calib_samples: int, names: list[str]) -> dict[str, dict]:
+    """Export the image models in ``names``, write their calibration folders and eval sets.
+
+    Calibration folders: ``--calib-samples`` samples, plus 100 and 1000 for the models whose
+    calibration memory is measured (``MEMORY_MODELS``).
+    """
     sys.path.insert(0, str(ROOT / "src"))
     from modelpress.examples.digits import export_digits_cnn, load_digits_split
-    from modelpress.examples.torch_models import export_zoo
+    from modelpress.examples.torch_models import LARGE_ZOO, ZOO, export_zoo
 
-    split = load_digits_split()
-    rng = np.random.default_rng(1)
-    zoo = export_zoo(workdir / "zoo", models=["resnet_like", "mobilenetv2_like"])
-    models = {
-        "digits_cnn": {
+    models: dict[str, dict] = {}
+    if "digits_cnn" in names:
+        split = load_digits_split()
+        models["digits_cnn"] = {
             "path": export_digits_cnn(workdir / "digits_cnn.onnx"),
             "pool": split.x_train,
             "eval": split.x_test,
             "labels": split.y_test,
-        },
-        "resnet_like": {
-            "path": zoo["resnet_like-fold"],
-            "pool": None,
-            "eval": rng.standard_normal((200, 3, 64, 64)).astype(np.float32),
-        },
-        "mobilenetv2_like": {
-            "path": zoo["mobilenetv2_like-fold"],
-            "pool": None,
-            "eval": rng.standard_normal((200, 3, 64, 64)).astype(np.float32),
-        },
-    }
+        }
+    zoo_models = [m for m in IMAGE_MODELS if m != "digits_cnn"]
+    selected = [m for m in zoo_models if m in names]
+    zoo = export_zoo(workdir / "zoo", models=selected) if selected else {}
+    rng = np.random.default_rng(1)
+    # Eval sets are drawn in zoo_models order up to the last selected model, so each model's
+    # images do not depend on which others --models picked.
+    for name in zoo_models[: max((zoo_models.index(m) + 1 for m in selected), default=0)]:
+        shape = {**ZOO, **LARGE_ZOO}[name].inputs["image"][0][1:]  # (3, H, W)
+        images = rng.standard_normal((200, *shape)).astype(np.float32)
+        if name in selected:
+            models[name] = {"path": zoo[f"{name}-fold"], "pool": None, "shape": shape, "eval": images}
     for name, entry in models.items():
-        for count in sorted({100, 1000, calib_samples}):
+        counts = {100, 1000, calib_samples} if name in MEMORY_MODELS else {calib_samples}
+        for count in sorted(counts):
             folder = workdir / "calib" / name / str(count)
             entry[f"calib{count}"] = folder
             if folder.exists():
@@ -265,18 +279,24 @@ def prepare(workdir: Path, calib_samples: int) -> dict[str, dict]:
                     index = np.arange(start, start + size) % len(entry["pool"])
                     batch = entry["pool"][index]
                 else:
-                    batch = data_rng.standard_normal((size, 3, 64, 64)).astype(np.float32)
+                    batch = data_rng.standard_normal((size, *entry["shape"])).astype(np.float32)
                 np.save(folder / f"{start:05d}.npy", batch)
     return models
 
 
-def quality(path: Path, entry: dict, reference: np.ndarray) -> dict:
+def _image_outputs(path: Path, entry: dict, level: str) -> np.ndarray:
+    """The model's output on the eval images, 50 at a time (bounds the activations' memory)."""
     from modelpress.runtime.session import create_session
 
-    session = create_session(path, level="all")
-    out = np.concatenate(
-        [session.run(None, {"image": entry["eval"][i : i + 50]})[0] for i in range(0, len(entry["eval"]), 50)]
+    session = create_session(path, level=level)
+    images = entry["eval"]
+    return np.concatenate(
+        [session.run(None, {"image": images[i : i + 50]})[0] for i in range(0, len(images), 50)]
     )
+
+
+def quality(path: Path, entry: dict, reference: np.ndarray) -> dict:
+    out = _image_outputs(path, entry, "all")
     cosine = np.sum(out * reference, 1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(reference, axis=1))
     result = {
         "agreement": float(np.mean(out.argmax(1) == reference.argmax(1))),
@@ -430,8 +450,6 @@ def run_text(name: str, entry: dict, args: argparse.Namespace, workdir: Path) ->
 
 
 def run(args: argparse.Namespace) -> dict:
-    from modelpress.runtime.session import create_session
-
     workdir = Path(args.workdir)
     results: dict = {
         "machine": platform.processor() or platform.machine(),
@@ -443,7 +461,7 @@ def run(args: argparse.Namespace) -> dict:
         results["models"][name] = run_text(name, entry, args, workdir)
     if not any(m in IMAGE_MODELS for m in args.models):
         return results
-    models = {k: v for k, v in prepare(workdir, args.calib_samples).items() if k in args.models}
+    models = prepare(workdir, args.calib_samples, [m for m in args.models if m in IMAGE_MODELS])
     for name, entry in models.items():
         print(f"== {name}", file=sys.stderr)
         folder = workdir / "variants" / name
@@ -458,7 +476,7 @@ def run(args: argparse.Namespace) -> dict:
             if "error" not in tools[tool]:
                 paths[tool] = destination
             print(f"  {tool}: {tools[tool]}", file=sys.stderr)
-        reference = create_session(entry["path"], level="disable").run(None, {"image": entry["eval"]})[0]
+        reference = _image_outputs(entry["path"], entry, "disable")
         rows = {}
         for variant, path in paths.items():
             rows[variant] = {

@@ -12,6 +12,12 @@ MatMul+Add or Gemm. Three architectures cover the common shapes of deployed mode
 * ``bert_like``: token + position embeddings, two post-norm encoder layers (Q/K/V Linear,
   scaled dot-product softmax attention with an additive mask, LayerNorm, GELU FFN).
 
+These three are small (64x64 images, hidden 128) so that the test tier can export, optimize
+and obfuscate every ``ZOO`` entry quickly. ``LARGE_ZOO`` holds full-size models for the
+benchmarks only: ``mobilenetv2``, torchvision's MobileNetV2 architecture (width 1.0, 224x224
+images, 3.5 M parameters). Nothing iterates over it: ``export_zoo`` exports its entries only
+when named in ``models=``.
+
 Weights are random but deterministic per seed, and BatchNorm layers carry non-trivial
 affine parameters and running statistics (a few forward passes in train mode on random data),
 so that folding a BatchNorm really changes the Conv weights.
@@ -36,12 +42,14 @@ if typing.TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "LARGE_ZOO",
     "ZOO",
     "ZooEntry",
     "bert_like",
     "example_inputs",
     "export_onnx",
     "export_zoo",
+    "mobilenetv2",
     "mobilenetv2_like",
     "resnet_like",
     "variant_name",
@@ -149,12 +157,15 @@ def resnet_like(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def mobilenetv2_like(seed: int = 0) -> torch.nn.Module:
-    """A small MobileNetV2: stride-2 stem, five inverted residual blocks, 1x1 head conv.
+def _mobilenet_layers() -> tuple[collections.abc.Callable[..., list[torch.nn.Module]], type[torch.nn.Module]]:
+    """MobileNetV2's building blocks, shared by ``mobilenetv2_like`` and ``mobilenetv2``.
 
-    Input ``image`` [N, 3, 64, 64]; output ``logits`` [N, 10].
+    Returns ``conv_bn(c_in, c_out, kernel, stride, groups, relu6)``, the layers of a
+    Conv (no bias, "same" padding) + BatchNorm (+ ReLU6), and ``InvertedResidual(c_in, c_out,
+    stride, expand)``: 1x1 expand Conv+BN+ReLU6 (absent when ``expand`` is 1, as in
+    MobileNetV2's first block), depthwise 3x3 Conv+BN+ReLU6, 1x1 linear-bottleneck Conv+BN,
+    and a residual Add when the stride is 1 and the channel count unchanged.
     """
-    import torch
     from torch import nn
 
     def conv_bn(c_in: int, c_out: int, kernel: int, stride: int, groups: int, relu6: bool) -> list[nn.Module]:
@@ -170,7 +181,7 @@ def mobilenetv2_like(seed: int = 0) -> torch.nn.Module:
             hidden = c_in * expand
             self.use_residual = stride == 1 and c_in == c_out
             self.body = nn.Sequential(
-                *conv_bn(c_in, hidden, 1, 1, 1, relu6=True),  # expand
+                *(conv_bn(c_in, hidden, 1, 1, 1, relu6=True) if expand != 1 else []),  # expand
                 *conv_bn(hidden, hidden, 3, stride, hidden, relu6=True),  # depthwise
                 *conv_bn(hidden, c_out, 1, 1, 1, relu6=False),  # linear bottleneck
             )
@@ -178,6 +189,19 @@ def mobilenetv2_like(seed: int = 0) -> torch.nn.Module:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.body(x)
             return x + y if self.use_residual else y
+
+    return conv_bn, InvertedResidual
+
+
+def mobilenetv2_like(seed: int = 0) -> torch.nn.Module:
+    """A small MobileNetV2: stride-2 stem, five inverted residual blocks, 1x1 head conv.
+
+    Input ``image`` [N, 3, 64, 64]; output ``logits`` [N, 10].
+    """
+    import torch
+    from torch import nn
+
+    conv_bn, InvertedResidual = _mobilenet_layers()
 
     class MobileNetV2Like(nn.Module):
         def __init__(self) -> None:
@@ -196,6 +220,55 @@ def mobilenetv2_like(seed: int = 0) -> torch.nn.Module:
     with _seeded(seed):
         model = MobileNetV2Like()
         _calibrate_batchnorms(model, lambda: (torch.randn(4, 3, 64, 64),))
+    return model
+
+
+def mobilenetv2(seed: int = 0, num_classes: int = 1000) -> torch.nn.Module:
+    """The full MobileNetV2: torchvision's ``mobilenet_v2`` architecture at width 1.0.
+
+    Stride-2 stem (3 -> 32 channels), 17 inverted residual blocks in seven stages
+    (expand ratio t, channels c, repeats n, first stride s), 1x1 head conv to 1280, global
+    average pool, Dropout + Linear: 3,504,872 parameters at 1000 classes, like torchvision's.
+    Weights use PyTorch's default init (not torchvision's); the BatchNorm statistics come
+    from two 224x224 random images, to keep the build fast.
+
+    Input ``image`` [N, 3, 224, 224]; output ``logits`` [N, num_classes].
+    """
+    import torch
+    from torch import nn
+
+    conv_bn, InvertedResidual = _mobilenet_layers()
+    config = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
+
+    class MobileNetV2(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(*conv_bn(3, 32, 3, 2, 1, relu6=True))
+            blocks, c_in = [], 32
+            for t, c, n, s in config:
+                for i in range(n):
+                    blocks.append(InvertedResidual(c_in, c, s if i == 0 else 1, expand=t))
+                    c_in = c
+            self.blocks = nn.Sequential(*blocks)
+            self.head = nn.Sequential(*conv_bn(c_in, 1280, 1, 1, 1, relu6=True))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            h = self.pool(self.head(self.blocks(self.stem(image))))
+            return self.classifier(torch.flatten(h, 1))
+
+    with _seeded(seed):
+        model = MobileNetV2()
+        _calibrate_batchnorms(model, lambda: (torch.randn(2, 3, 224, 224),))
     return model
 
 
@@ -270,6 +343,7 @@ def bert_like(
 
 
 _IMAGE = {"image": ((1, 3, 64, 64), "float32")}
+_IMAGE_224 = {"image": ((1, 3, 224, 224), "float32")}
 _BATCH = {0: "batch"}
 _TOKENS = {0: "batch", 1: "sequence"}
 
@@ -282,6 +356,11 @@ ZOO: dict[str, ZooEntry] = {
         ("last_hidden_state",),
         {"input_ids": _TOKENS, "attention_mask": _TOKENS, "last_hidden_state": _TOKENS},
     ),
+}
+
+# Full-size models for the benchmarks, kept out of ZOO: the test tier iterates over ZOO.
+LARGE_ZOO: dict[str, ZooEntry] = {
+    "mobilenetv2": ZooEntry(mobilenetv2, _IMAGE_224, ("logits",), {"image": _BATCH, "logits": _BATCH}),
 }
 
 
@@ -372,16 +451,22 @@ def export_zoo(
 
     Args:
         folder: Destination folder, created if needed.
-        models: Zoo names to export (default: all).
+        models: Names to export, from ``ZOO`` or ``LARGE_ZOO`` (default: all of ``ZOO``).
         seed: Weight seed.
 
     Returns:
         Variant name (see ``variant_name``) -> path of its ``.onnx`` file.
+
+    Raises:
+        KeyError: A name in neither ``ZOO`` nor ``LARGE_ZOO``.
     """
     folder = Path(folder)
     paths: dict[str, Path] = {}
+    known = {**ZOO, **LARGE_ZOO}
     for name in models or ZOO:
-        entry = ZOO[name]
+        if name not in known:
+            raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(known)}")
+        entry = known[name]
         module = None
         for folding in (False, True):
             variant = variant_name(name, folding)
