@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import onnx_ir as ir
@@ -49,6 +51,17 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("info", "optimize", "passes", "deploy"):
         assert command in result.output
+
+
+def test_help_does_not_load_the_heavy_libraries():
+    # `modelpress --help` (and every argument error) should answer at once: onnx_ir pulls in
+    # sympy (0.3 s), onnxruntime and torch more; verbs import them when they run.
+    code = (
+        "import sys, modelpress.cli.main; "
+        "print(sorted(m for m in ('onnx_ir', 'onnx', 'onnxruntime', 'torch') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_no_arguments_shows_help():

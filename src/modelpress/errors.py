@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CalibrationError",
+    "CompressionError",
     "ConversionError",
     "InvalidModelError",
     "ModelLoadError",
@@ -120,3 +121,15 @@ class PackageError(ModelpressError):
     """
 
     exit_code = 10
+
+
+class CompressionError(ModelpressError):
+    """A Deep Compression container (``.mpz``) is damaged, truncated, foreign or hostile.
+
+    Raised when the file does not start with the ``.mpz`` signature, has a format version this
+    modelpress cannot read, is shorter or longer than its header declares, fails its SHA-256,
+    or has a header whose sizes, offsets or stream lengths do not fit the file. The message
+    says which check failed and where; nothing is decoded or written when one is raised.
+    """
+
+    exit_code = 11

@@ -164,14 +164,14 @@ def _print_report(report: BenchReport) -> None:
         timings.add_column("pre / inf / post")
     timings.add_column("p50 ×")
     timings.add_column("samples/s ×")
-    for m in report.measurements:
-        ratio = ratios[m.model, m.batch, m.threads]
-        row = [escape(m.model), str(m.batch), str(m.threads)]
-        row += [f"{v:.3g}" for v in (m.latency.p50_ms, m.latency.p90_ms, m.latency.p99_ms)]
-        row.append(f"{m.latency.throughput:.4g}")
+    for timing in report.measurements:
+        ratio = ratios[timing.model, timing.batch, timing.threads]
+        row = [escape(timing.model), str(timing.batch), str(timing.threads)]
+        row += [f"{v:.3g}" for v in (timing.latency.p50_ms, timing.latency.p90_ms, timing.latency.p99_ms)]
+        row.append(f"{timing.latency.throughput:.4g}")
         if split:
             row.append(
-                " / ".join(f"{m.stages_ms[s]:.3g}" for s in ("preprocess", "inference", "postprocess"))
+                " / ".join(f"{timing.stages_ms[s]:.3g}" for s in ("preprocess", "inference", "postprocess"))
             )
         timings.add_row(*row, _fmt(ratio["p50"], ".2f"), _fmt(ratio["throughput"], ".2f"))
     console.print(timings)

@@ -14,14 +14,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from modelpress.cli._output import console, err_console, fail
 from modelpress.errors import ModelpressError, UsageError
-from modelpress.protect.keys import KeySource
+
+if TYPE_CHECKING:  # importing modelpress.protect loads onnx_ir (0.3 s): only when a key is used
+    from modelpress.protect.keys import KeySource
 
 __all__ = ["KEY_ENV_HELP", "KEY_FILE_HELP", "key_source", "register"]
 
@@ -43,7 +45,7 @@ def key_source(key_file: Path | None, key_env: str | None, *, required: bool) ->
     Raises:
         UsageError: both options were given, or neither while ``required``.
     """
-    from modelpress.protect.keys import key_file_warning
+    from modelpress.protect.keys import KeySource, key_file_warning
 
     if key_file is not None and key_env is not None:
         raise UsageError("give the key once: either --key-file or --key-env, not both")

@@ -298,7 +298,10 @@ def _print_accuracy(result: Any) -> None:
         "why",
         title=f"accuracy-aware: {result.metric} of '{escape(result.output)}', {result.eval_samples} samples",
     )
-    number = lambda x: "-" if x is None else f"{x + 0.0:.3g}"  # noqa: E731  (+ 0.0: no "-0")
+
+    def number(x: float | None) -> str:
+        return "-" if x is None else f"{x + 0.0:.3g}"  # + 0.0: no "-0"
+
     for layer in result.layers:
         precision = "[yellow]float32[/]" if layer.kept_float else "int8"
         table.add_row(

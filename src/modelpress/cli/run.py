@@ -159,7 +159,7 @@ def _run_folder(
     batch: int,
     prefetch: int,
     options: dict[str, Any],
-) -> dict:
+) -> dict[str, Any]:
     """Every sample of ``folder`` through the model (or package) in batches, with a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -230,8 +230,10 @@ def _package_inputs(specs: list[str], pipeline: Pipeline | None) -> tuple[list[o
         name, file = _split_input(spec)
         steps = pipeline.inputs.get(name, []) if pipeline is not None and name is not None else []
         if steps and isinstance(steps[0], DecodeImageStep):
+            assert name is not None  # steps are only looked up by input name
             images = named.setdefault(name, [])
-            images.append(_read_bytes(file))  # type: ignore[union-attr]
+            assert isinstance(images, list)  # the same name as an array would have failed earlier
+            images.append(_read_bytes(file))
         elif Path(file).suffix != ".npy":
             raise UsageError(
                 f"--input {spec}: give a .npy array; encoded images are taken as NAME=FILE by inputs "

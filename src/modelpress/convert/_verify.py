@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import typing
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class OutputCheck:
     ok: bool
     note: str = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, typing.Any]:
         """A JSON-serializable dict (infinities as strings)."""
         data = dataclasses.asdict(self)
         for key in ("max_abs", "max_rel"):

@@ -133,7 +133,7 @@ class Source:
     description: str
 
 
-def load_source(source: str | os.PathLike, *, trust_pickle: bool = False) -> Source:
+def load_source(source: str | os.PathLike[str], *, trust_pickle: bool = False) -> Source:
     """Resolve ``source`` (a file or ``package.module:factory``) to a live model object.
 
     Args:

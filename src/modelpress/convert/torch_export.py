@@ -110,7 +110,7 @@ def export_torch(
     module: torch.nn.Module,
     specs: collections.abc.Sequence[InputSpec],
     feeds: collections.abc.Mapping[str, np.ndarray],
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     output_names: collections.abc.Sequence[str],
     dynamic_batch: bool = True,

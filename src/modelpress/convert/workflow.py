@@ -69,7 +69,7 @@ class ConversionReport:
         """Node count of the converted model."""
         return sum(self.ops.values())
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, typing.Any]:
         """A JSON-serializable summary (what ``--json`` prints)."""
         data = dataclasses.asdict(self)
         data["nodes"] = self.nodes
@@ -86,8 +86,8 @@ class _Converted:
 
 
 def convert_file(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     example_inputs: collections.abc.Sequence[str | InputSpec] = (),
     trust_pickle: bool = False,

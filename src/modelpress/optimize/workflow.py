@@ -55,7 +55,7 @@ class OptimizeReport:
         """Node count of the optimized model."""
         return sum(self.ops_after.values())
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, typing.Any]:
         """A JSON-serializable summary (what ``--json`` prints)."""
         return {
             "input": self.input_path,
@@ -135,8 +135,8 @@ def optimize_model(
 
 
 def optimize_file(
-    source: str | os.PathLike,
-    destination: str | os.PathLike,
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
     *,
     verify: bool = True,
     rtol: float = DEFAULT_RTOL,
@@ -156,7 +156,9 @@ def optimize_file(
     del model  # the source file is the reference from here on: free its weights
 
     def check(staged: Path) -> None:
-        report.comparison = compare_models(source, staged, seeds=seeds, dim_values=dim_values)
+        # compare_models loads any path (io.load, create_session); its ModelLike names only str | Path.
+        reference = typing.cast("str | Path", source)
+        report.comparison = compare_models(reference, staged, seeds=seeds, dim_values=dim_values)
         report.comparison.check(rtol, what="the optimized model")
 
     io.save(optimized, destination, before_commit=check if verify else None)

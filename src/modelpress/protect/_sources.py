@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import mmap
 import os
 import platform
@@ -24,7 +25,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from modelpress.errors import ProtectionError
 
@@ -58,7 +58,7 @@ class _MemorySource(Source):
 
 
 class _FileSource(Source):
-    def __init__(self, file: BinaryIO, size: int, where: str) -> None:
+    def __init__(self, file: io.RawIOBase, size: int, where: str) -> None:
         super().__init__(size, where)
         self._file = file
         self._lock = threading.Lock()  # only for platforms without positional reads
@@ -82,7 +82,7 @@ class _FileSource(Source):
 
 
 @contextlib.contextmanager
-def open_source(source: str | os.PathLike | bytes) -> Iterator[Source]:
+def open_source(source: str | os.PathLike[str] | bytes) -> Iterator[Source]:
     """Open a container given as a path or as bytes.
 
     Raises:

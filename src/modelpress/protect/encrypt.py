@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import hmac as hmac_module
 import logging
+import mmap
 import os
 import struct
 import tempfile
@@ -200,8 +201,8 @@ class DecryptedModel:
 
 
 def encrypt_model(
-    model: ir.Model | str | os.PathLike,
-    out_path: str | os.PathLike,
+    model: ir.Model | str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
     key: Key,
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -258,7 +259,7 @@ def encrypt_model(
     return header
 
 
-def decrypt_model_bytes(source: str | os.PathLike | bytes, key: Key) -> bytes:
+def decrypt_model_bytes(source: str | os.PathLike[str] | bytes, key: Key) -> bytes:
     """Decrypt an ``.mpe`` file (or its bytes) into the serialized model, in memory only.
 
     Args:
@@ -282,7 +283,7 @@ def decrypt_model_bytes(source: str | os.PathLike | bytes, key: Key) -> bytes:
     return io.join_split_bytes(*_split_plaintext(plaintext))
 
 
-def decrypt_model(source: str | os.PathLike | bytes, key: Key) -> DecryptedModel:
+def decrypt_model(source: str | os.PathLike[str] | bytes, key: Key) -> DecryptedModel:
     """Decrypt an ``.mpe`` file in memory into what onnxruntime needs, copying no weight.
 
     This is the fast way to run an encrypted model (``modelpress.runtime.run`` uses it): for a
@@ -303,7 +304,7 @@ def decrypt_model(source: str | os.PathLike | bytes, key: Key) -> DecryptedModel
     return DecryptedModel(graph, io.buffer_weights(graph, weights), weights)
 
 
-def load_encrypted(source: str | os.PathLike | bytes, key: Key) -> ir.Model:
+def load_encrypted(source: str | os.PathLike[str] | bytes, key: Key) -> ir.Model:
     """Decrypt an ``.mpe`` file in memory and load the model with ``modelpress.ir.io.load``.
 
     Raises:
@@ -313,7 +314,7 @@ def load_encrypted(source: str | os.PathLike | bytes, key: Key) -> ir.Model:
     return io.load(decrypt_model_bytes(source, key))
 
 
-def read_header(source: str | os.PathLike | bytes) -> MpeHeader:
+def read_header(source: str | os.PathLike[str] | bytes) -> MpeHeader:
     """Parse and sanity-check the header of an ``.mpe`` file without the key.
 
     The header is *not* authenticated here (that needs the key): use it to see which key id a
@@ -326,7 +327,7 @@ def read_header(source: str | os.PathLike | bytes) -> MpeHeader:
         return _parse_header(opened)[0]
 
 
-def is_encrypted(path: str | os.PathLike) -> bool:
+def is_encrypted(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` starts with the ``.mpe`` signature (False when it cannot be read)."""
     try:
         with open(path, "rb") as file:
@@ -335,7 +336,7 @@ def is_encrypted(path: str | os.PathLike) -> bool:
         return False
 
 
-def _model_plaintext(model: ir.Model | str | os.PathLike, version: int) -> bytes:
+def _model_plaintext(model: ir.Model | str | os.PathLike[str], version: int) -> bytes:
     loaded = model if isinstance(model, ir.Model) else io.load(model)
     weights = sum(
         io.tensor_nbytes(value.const_value)
@@ -468,7 +469,7 @@ def _parse_header(source: Source) -> tuple[MpeHeader, bytes]:
     return header, head
 
 
-def _decrypt(source: str | os.PathLike | bytes, key: Key) -> tuple[MpeHeader, bytes | memoryview]:
+def _decrypt(source: str | os.PathLike[str] | bytes, key: Key) -> tuple[MpeHeader, bytes | memoryview]:
     """Authenticate and decrypt a whole file: (its header, the plaintext)."""
     master = resolve_key(key)
     with open_source(source) as opened:
@@ -500,6 +501,7 @@ def _decrypt_body(source: Source, header: MpeHeader, head: bytes, master: bytes)
             f"{where}: {what}: the file has {source.size} bytes, its header declares {header.file_bytes} "
             f"({header.chunk_count} chunks); copy the file again (a header from another file also gives this)"
         )
+    data: bytes | bytearray | mmap.mmap
     if header.version == 1 or not header.plaintext_bytes:
         data, out = output_buffer(header.plaintext_bytes)
         failure = _decrypt_all(source, header, raw, file_key, out, None)

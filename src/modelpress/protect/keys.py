@@ -69,7 +69,7 @@ class KeySource:
     _path: Path | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> KeySource:
+    def from_file(cls, path: str | os.PathLike[str]) -> KeySource:
         """A key file: 32 raw bytes, or 64 hex digits / base64 text (what ``keygen`` writes)."""
         file = Path(path)
         return cls(f"key file '{file}'", lambda: _read_key_file(file), file)
@@ -160,7 +160,7 @@ def key_id(key: Key) -> str:
     return hkdf.derive(resolve_key(key)).hex()
 
 
-def key_file_warning(path: str | os.PathLike) -> str | None:
+def key_file_warning(path: str | os.PathLike[str]) -> str | None:
     """A warning when the key file may be read by group or others (POSIX), else None.
 
     Like ssh, modelpress expects key files to be private (mode 0600); unlike ssh it still
@@ -178,7 +178,7 @@ def key_file_warning(path: str | os.PathLike) -> str | None:
     )
 
 
-def write_key_file(path: str | os.PathLike, key: bytes, *, overwrite: bool = False) -> Path:
+def write_key_file(path: str | os.PathLike[str], key: bytes, *, overwrite: bool = False) -> Path:
     """Write ``key`` as 64 hex digits and a newline to ``path``, mode 0600, atomically.
 
     The key is staged in a private temporary file in the destination folder and then linked

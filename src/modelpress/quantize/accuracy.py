@@ -49,6 +49,7 @@ import collections.abc
 import dataclasses
 import logging
 import time
+import typing
 
 import numpy as np
 import onnx_ir as ir
@@ -269,7 +270,7 @@ class _Candidates:
         targets = set(plan.calibration_targets)
         for label in plan.selected:
             node = next(n for n in model.graph if n.name == label)
-            targets.update(v.name for v in (*node.inputs, *node.outputs[:1]) if _is_float_activation(v))
+            targets.update(v.name or "" for v in (*node.inputs, *node.outputs[:1]) if _is_float_activation(v))
         self._observe(sorted(targets))
         if self.spec.bias_correction:
             self.shifts = bias_shifts(model, plan, self.samples, self.spec)
@@ -321,7 +322,7 @@ class _Candidates:
         return self.scores[exclude]
 
 
-def _is_float_activation(value: ir.Value | None) -> bool:
+def _is_float_activation(value: ir.Value | None) -> typing.TypeGuard[ir.Value]:
     return value is not None and value.dtype == ir.DataType.FLOAT and value.const_value is None
 
 
@@ -410,7 +411,7 @@ def _make_metric(
     model: ir.Model, eval_data: collections.abc.Iterable[Labelled], kind: str, output: str | None
 ) -> tuple[_Metric, float]:
     """The metric over the loaded eval data, and the float model's score."""
-    floats = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT]
+    floats = [v.name or "" for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT]
     if output is None:
         if not floats:
             raise UsageError("the model has no float32 output for the accuracy metric")
@@ -490,10 +491,10 @@ class _Search:
         left = list(ranked)
         while left and (max_steps is None or len(kept) < max_steps):
             tried = [(self.candidates.score(kept | {u}), u) for u in left[: self.beam]]
-            tried = [(s, u) for s, u in tried if s is not None]  # None: nothing left quantized
-            if not tried:
+            scored = [(s, u) for s, u in tried if s is not None]  # None: nothing left quantized
+            if not scored:
                 break
-            best_score, best_unit = max(tried, key=lambda t: t[0])  # first of equals: best ranked
+            best_score, best_unit = max(scored, key=lambda t: t[0])  # first of equals: best ranked
             kept = kept | {best_unit}
             left.remove(best_unit)
             self.order.append(best_unit)
@@ -522,7 +523,7 @@ class _Search:
 def _output_errors(candidates: _Candidates, units: list[str]) -> dict[str, float]:
     """Relative RMS error of each unit's first output in the all-int8 model (QDQ at DISABLE_ALL)."""
     nodes = {n.name: n for n in candidates.base.graph}
-    names = [nodes[u].outputs[0].name for u in units]
+    names = [nodes[u].outputs[0].name or "" for u in units]
     quantized = candidates.build(frozenset(), names)
     reference = candidates.base.clone()
     _add_outputs(reference, names)

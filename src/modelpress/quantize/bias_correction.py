@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import typing
 
 import numpy as np
 import onnx_ir as ir
@@ -129,7 +130,7 @@ def _rounding_delta(node: ir.Node, axis: int | None, spec: QuantSpec) -> np.ndar
     w_i8, w_scale = quantize_weight(weight, axis, spec.weight_qmax)
     if axis is not None:
         w_scale = np.expand_dims(w_scale, tuple(i for i in range(weight.ndim) if i != axis))
-    return (w_i8.astype(np.float32) * w_scale - weight).astype(np.float32)
+    return typing.cast(np.ndarray, (w_i8.astype(np.float32) * w_scale - weight).astype(np.float32))
 
 
 def _targets(plan: QuantPlan) -> list[tuple[ir.Node, int | None]]:
@@ -166,15 +167,15 @@ def bias_shifts(
         )
         probe.graph.append(copy)
         probe.graph.outputs.extend(v for v in (twin.outputs[0], copy.outputs[0]) if not v.is_graph_output())
-        fetch[node.name] = (twin.outputs[0].name, copy.outputs[0].name)  # type: ignore[assignment]
+        fetch[node.name or ""] = (twin.outputs[0].name or "", copy.outputs[0].name or "")
     session = create_session(probe, level="disable")
     names = [name for pair in fetch.values() for name in pair]
-    sums = {node: _Sums() for node in fetch}
+    sums = {label: _Sums() for label in fetch}
     for feeds in samples:
         outputs = run_session(session, feeds, names)
-        for node, (f_name, d_name) in fetch.items():
-            sums[node].update(np.asarray(outputs[f_name]), np.asarray(outputs[d_name]))
-    return {node: total.shift(node) for node, total in sums.items()}
+        for label, (f_name, d_name) in fetch.items():
+            sums[label].update(np.asarray(outputs[f_name]), np.asarray(outputs[d_name]))
+    return {label: total.shift(label) for label, total in sums.items()}
 
 
 def apply_shifts(
@@ -197,10 +198,11 @@ def apply_shifts(
     axes = {id(site.node): site.axis for site in plan.weights}
     corrected = 0
     for node, _ in _targets(plan):
-        shift = shifts.get(node.name)
+        label = node.name or ""
+        shift = shifts.get(label)
         if shift is None:
             if report is not None:
-                report.skipped[node.name] = "a constant activation input (no calibration statistics)"
+                report.skipped[label] = "a constant activation input (no calibration statistics)"
             continue
         ratio = np.ones_like(shift.ratio)
         if variance:
@@ -212,7 +214,7 @@ def apply_shifts(
         _replace_input(model, node, 2, new_bias, f"{bias.name}_corrected")  # type: ignore[union-attr]
         corrected += 1
         if report is not None:
-            report.corrected[node.name] = shift.relative_shift
+            report.corrected[label] = shift.relative_shift
     return corrected
 
 
@@ -230,7 +232,7 @@ def _scale_weight(
         why = "the weight's channel axis does not match the output channels"
     if why is not None:
         if report is not None:
-            report.skipped[node.name] = f"no variance correction: {why}"
+            report.skipped[node.name or ""] = f"no variance correction: {why}"
         return np.ones_like(shift.ratio)
     w = weight.const_value.numpy().astype(np.float32)
     shape = [1] * w.ndim
@@ -239,7 +241,7 @@ def _scale_weight(
         model, node, 1, (w * shift.ratio.reshape(shape)).astype(np.float32), f"{weight.name}_varcorr"
     )
     if report is not None:
-        report.variance_corrected.append(node.name)
+        report.variance_corrected.append(node.name or "")
     return shift.ratio
 
 
@@ -277,7 +279,7 @@ def correct_biases(
     Raises:
         UsageError: ``samples`` is a one-shot iterator.
     """
-    if iter(samples) is samples:  # type: ignore[comparison-overlap]
+    if iter(samples) is samples:
         raise UsageError("bias correction reads the calibration samples twice: pass a list or a folder")
     report = BiasCorrectionReport()
     with_bias = {node.name for node, _ in _targets(plan)}
@@ -317,7 +319,7 @@ def _mean_errors(
     samples: collections.abc.Iterable[Feeds],
     progress: Progress | None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    names = [v.name for v in reference.graph.outputs if v.dtype == ir.DataType.FLOAT]
+    names = [v.name or "" for v in reference.graph.outputs if v.dtype == ir.DataType.FLOAT]
     sessions = [
         create_session(m, level="all" if m is not reference else "disable")
         for m in (reference, before, after)

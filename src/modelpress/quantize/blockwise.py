@@ -31,6 +31,7 @@ DequantizeLinear take int4/uint4 tensors of the weight's own shape.
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import numpy as np
 
@@ -133,8 +134,10 @@ def _levels(
         reciprocal = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
     product = (grouped * reciprocal).astype(np.float32)
     if symmetric and style == "qdq":  # MLAS QDQ: roundf(w * (1 / scale)), signed
-        return np.clip(_round_half_away(product), -8, 7)
-    return np.clip(_round_half_away((product + zero_point).astype(np.float32)), 0, 15)
+        return typing.cast(np.ndarray, np.clip(_round_half_away(product), -8, 7))
+    return typing.cast(
+        np.ndarray, np.clip(_round_half_away((product + zero_point).astype(np.float32)), 0, 15)
+    )
 
 
 def round_levels(
@@ -162,14 +165,17 @@ def _round_half_even(x: np.ndarray) -> np.ndarray:
 
 def dequantize_blocks(quantized: BlockQuantized) -> np.ndarray:
     """``(levels - zero_point) * scale`` per block: the float weight the model computes with."""
-    repeat = lambda a: np.repeat(a, quantized.block_size, axis=quantized.axis)  # noqa: E731
+
+    def repeat(a: np.ndarray) -> np.ndarray:
+        return np.repeat(a, quantized.block_size, axis=quantized.axis)
+
     length = quantized.levels.shape[quantized.axis]
     index = np.arange(length)
     scales = np.take(repeat(quantized.scales), index, axis=quantized.axis)
     levels = quantized.levels.astype(np.float32)
     if quantized.zero_points is not None:
         levels -= np.take(repeat(quantized.zero_points), index, axis=quantized.axis).astype(np.float32)
-    return (levels * scales).astype(np.float32)
+    return typing.cast(np.ndarray, (levels * scales).astype(np.float32))
 
 
 def pack_int4(levels: np.ndarray) -> np.ndarray:

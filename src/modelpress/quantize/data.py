@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections.abc
 import os
+import typing
 import zipfile
 from pathlib import Path
 
@@ -60,6 +61,8 @@ LABELS_KEY = "labels"
 # Images preprocessed per batch when the model's batch dim is dynamic.
 _IMAGE_BATCH = 32
 Feeds = dict[str, np.ndarray]
+# (shape, dtype, array) of one stored array; the array is None when only its header was read.
+_Entry = tuple[tuple[int, ...], np.dtype, object]
 
 
 class CalibrationData:
@@ -78,7 +81,7 @@ class CalibrationData:
 
     def __init__(
         self,
-        folder: str | os.PathLike,
+        folder: str | os.PathLike[str],
         model: ir.Model,
         *,
         num_samples: int | None = None,
@@ -132,7 +135,7 @@ class CalibrationData:
                 if left == 0:
                     return
 
-    def _arrays(self, path: Path, *, headers: bool) -> dict[str, tuple[tuple[int, ...], np.dtype, object]]:
+    def _arrays(self, path: Path, *, headers: bool) -> dict[str, _Entry]:
         """Map each model input to (shape, dtype, array or None) for one file."""
         try:
             if path.suffix == ".npy":
@@ -145,7 +148,7 @@ class CalibrationData:
             ) from e
         return self._map_to_inputs(path, entries)
 
-    def _map_to_inputs(self, path: Path, entries: dict) -> dict:
+    def _map_to_inputs(self, path: Path, entries: dict[str, _Entry]) -> dict[str, _Entry]:
         entries = {k: v for k, v in entries.items() if k not in self.ignored_keys}
         names = list(self.inputs)
         if len(names) == 1 and len(entries) == 1:
@@ -245,7 +248,7 @@ def _split_static_batch(
         yield {name: array[start : start + step] for name, array in feeds.items()}
 
 
-def _npy_entry(path: Path, headers: bool) -> tuple[tuple[int, ...], np.dtype, object]:
+def _npy_entry(path: Path, headers: bool) -> _Entry:
     if headers:
         with path.open("rb") as f:
             shape, dtype = _read_header(f)
@@ -254,16 +257,15 @@ def _npy_entry(path: Path, headers: bool) -> tuple[tuple[int, ...], np.dtype, ob
     return array.shape, array.dtype, array
 
 
-def _npz_entries(path: Path, headers: bool) -> dict[str, tuple[tuple[int, ...], np.dtype, object]]:
+def _npz_entries(path: Path, headers: bool) -> dict[str, _Entry]:
+    entries: dict[str, _Entry] = {}
     if headers:
-        entries = {}
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
                 if member.endswith(".npy"):
                     with archive.open(member) as f:
                         entries[member[: -len(".npy")]] = (*_read_header(f), None)
         return entries
-    entries = {}
     with np.load(path, allow_pickle=False) as archive:
         for key in archive.files:
             array = archive[key]
@@ -271,7 +273,7 @@ def _npz_entries(path: Path, headers: bool) -> dict[str, tuple[tuple[int, ...], 
     return entries
 
 
-def _read_header(stream: object) -> tuple[tuple[int, ...], np.dtype]:
+def _read_header(stream: typing.IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     version = np.lib.format.read_magic(stream)
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, dtype = reader(stream)
@@ -292,7 +294,7 @@ def _batch_size(feeds: Feeds) -> int:
     return 0 if first is None else (len(first) if np.ndim(first) else 1)
 
 
-def _show(shape: tuple) -> str:
+def _show(shape: tuple[object, ...]) -> str:
     return (
         "["
         + ", ".join(str(d) if isinstance(d, int) else (getattr(d, "value", None) or "?") for d in shape)
@@ -305,7 +307,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def open_samples(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike[str],
     model: ir.Model,
     *,
     pipeline: object | None = None,
@@ -342,7 +344,12 @@ class ImageFolderData:
     """
 
     def __init__(
-        self, folder: str | os.PathLike, model: ir.Model, pipeline: object, *, num_samples: int | None = None
+        self,
+        folder: str | os.PathLike[str],
+        model: ir.Model,
+        pipeline: object,
+        *,
+        num_samples: int | None = None,
     ) -> None:
         from modelpress.pipeline import Pipeline
 
@@ -435,7 +442,9 @@ class EvalData:
             file's sample count.
     """
 
-    def __init__(self, folder: str | os.PathLike, model: ir.Model, *, pipeline: object | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], model: ir.Model, *, pipeline: object | None = None
+    ) -> None:
         self.data: CalibrationData | ImageFolderData = (
             CalibrationData(folder, model, ignored_keys=frozenset({LABELS_KEY}))
             if pipeline is None

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import typing
 
 import numpy as np
 import onnx_ir as ir
@@ -87,7 +88,12 @@ class _DynamicRewriter:
         return value
 
     def op(
-        self, op_type: str, inputs: list[ir.Value], base: str, dtypes: list[ir.DataType], **attrs: object
+        self,
+        op_type: str,
+        inputs: list[ir.Value],
+        base: str,
+        dtypes: list[ir.DataType],
+        **attrs: int | list[int],
     ) -> ir.Node:
         node = ir.node(
             op_type, inputs, attributes=attrs, num_outputs=len(dtypes), name=self.names(f"{base}_{op_type}")
@@ -142,7 +148,7 @@ class _DynamicRewriter:
         x, weight, bias = node.inputs[0], node.inputs[1], (node.inputs[2] if len(node.inputs) > 2 else None)
         assert x is not None and weight is not None and weight.const_value is not None
         w = weight.const_value.numpy().astype(np.float32)
-        if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+        if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 0:
             w = np.ascontiguousarray(w.T)
         w_i8, w_scale = quantize_weight(w, 1 if axis is not None else None, self.spec.weight_qmax)
         out = node.outputs[0]
@@ -158,7 +164,7 @@ class _DynamicRewriter:
     def rewrite_packed(self, nodes: list[ir.Node]) -> None:
         """One MatMulInteger for MatMuls sharing their input, then Split (module docstring)."""
         x = nodes[0].inputs[0]
-        weights = [n.inputs[1] for n in nodes]
+        weights = typing.cast(list[ir.Value], [n.inputs[1] for n in nodes])  # asserted below
         assert x is not None and all(w is not None and w.const_value is not None for w in weights)
         quantized = [quantize_weight(w.const_value.numpy(), 1, self.spec.weight_qmax) for w in weights]  # type: ignore[union-attr]
         widths = [q.shape[1] for q, _ in quantized]
@@ -181,7 +187,7 @@ class _DynamicRewriter:
         old_values = [add.outputs[0] for add, _ in adds] if adds else [n.outputs[0] for n in nodes]
         sizes = np.asarray(widths, np.int64)
         split_inputs = [new_nodes[-1].outputs[0]]
-        attrs: dict[str, object] = {"axis": -1}
+        attrs: dict[str, int | list[int]] = {"axis": -1}
         if self.split_sizes_as_input:
             split_inputs.append(self.const(f"{base}_split", sizes))
         else:
@@ -192,7 +198,7 @@ class _DynamicRewriter:
             self.graph, nodes[0], old_nodes, new_nodes, old_values, list(split.outputs)
         )
         for value in [*weights, *biases]:
-            self._drop_if_unused(value)  # type: ignore[arg-type]
+            self._drop_if_unused(value)
         self.stats.weights += len(nodes)
         self.stats.packed_groups += 1
 

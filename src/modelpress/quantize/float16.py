@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections.abc
 import tempfile
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,8 @@ _F32, _F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
 _COMPUTE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 _RANGE = "overflows float16's range (max 65504)"
 _PRECISION = "needs more precision than float16's 11 bits"
+# Data types of a node's inputs or outputs as float16 (None: a missing input or unknown type).
+_DTypes = tuple[ir.DataType | None, ...]
 BLOCKED: dict[str, str] = {
     "Exp": _RANGE,
     "Pow": _RANGE,
@@ -208,7 +211,7 @@ def _regions(nodes: set[ir.Node]) -> list[set[ir.Node]]:
             region.add(node)
             neighbours = {v.producer() for v in node.inputs if v is not None}
             neighbours |= {use.node for out in node.outputs for use in out.uses()}
-            for other in neighbours & left:
+            for other in left & neighbours:
                 left.discard(other)
                 stack.append(other)
         regions.append(region)
@@ -220,7 +223,7 @@ class _KernelProbe:
 
     def __init__(self, opset: int) -> None:
         self.opset = opset
-        self.cache: dict[tuple, bool] = {}
+        self.cache: dict[tuple[str, _DTypes, _DTypes], bool] = {}
 
     def native(self, node: ir.Node) -> bool:
         def dtype(v: ir.Value | None) -> ir.DataType | None:
@@ -231,14 +234,15 @@ class _KernelProbe:
             self.cache[key] = self._probe(node, key[1], key[2])
         return self.cache[key]
 
-    def _probe(self, node: ir.Node, in_types: tuple, out_types: tuple) -> bool:
+    def _probe(self, node: ir.Node, in_types: _DTypes, out_types: _DTypes) -> bool:
         inputs = [
             ir.Value(name=f"i{k}", type=ir.TensorType(t)) if t else None for k, t in enumerate(in_types)
         ]
         attrs = list(node.attributes.values())
         probe = ir.Node("", node.op_type, inputs, attrs, num_outputs=len(out_types), name="probe")
         for k, (out, t) in enumerate(zip(probe.outputs, out_types, strict=True)):
-            out.name, out.type = f"o{k}", ir.TensorType(t)
+            # An untyped output (None) is passed on as before: the probe then fails below.
+            out.name, out.type = f"o{k}", ir.TensorType(typing.cast(ir.DataType, t))
         graph = ir.Graph(
             [v for v in inputs if v is not None],
             list(probe.outputs),

@@ -39,6 +39,7 @@ import collections.abc
 import dataclasses
 import logging
 import time
+import typing
 
 import numpy as np
 import onnx_ir as ir
@@ -92,7 +93,12 @@ class _Int4Rewriter:
         return value
 
     def node(
-        self, op_type: str, inputs: list[ir.Value | None], base: str, domain: str = "", **attrs: int
+        self,
+        op_type: str,
+        inputs: collections.abc.Sequence[ir.Value | None],
+        base: str,
+        domain: str = "",
+        **attrs: int,
     ) -> ir.Node:
         node = ir.node(op_type, inputs, attributes=attrs, domain=domain, name=self.names(f"{base}_{op_type}"))
         node.outputs[0].name, node.outputs[0].type = self.names(base), ir.TensorType(_FLOAT)
@@ -107,7 +113,7 @@ class _Int4Rewriter:
         weight = np.ascontiguousarray(weight.T) if site.transposed else weight
         name, spec = site.weight.name or "w", self.spec
         style = "nbits" if spec.weight_format == "ort" else "qdq"
-        x_name = site.node.inputs[0].name  # type: ignore[union-attr]
+        x_name = _activation_name(site.node)
         if x_name in self.hessians:
             if not isinstance(self.hessians[x_name], tuple):  # factor once per shared input
                 self.hessians[x_name] = inverse_factor(self.hessians[x_name])  # type: ignore[assignment]
@@ -163,6 +169,7 @@ class _Int4Rewriter:
         out = node.outputs[0]
         base = out.name or "y"
         if self.spec.weight_format == "ort":
+            assert isinstance(rows, int) and isinstance(columns, int)  # a constant's shape is static
             level = {"accuracy_level": self.spec.accuracy_level} if self.spec.accuracy_level else {}
             product = self.node(
                 "MatMulNBits", [x, *weights], f"{base}_q4", domain=_MS_DOMAIN,
@@ -303,7 +310,7 @@ def _hessians(
     """GPTQ's ``X^T X / n`` of every quantized MatMul/Gemm input, from one pass over ``samples``."""
     if samples is None:
         raise UsageError("--algorithm gptq needs calibration data: pass --calib DIR (.npy/.npz files)")
-    names = list(dict.fromkeys(s.node.inputs[0].name for s in sites if s.node.op_type != "Gather"))
+    names = list(dict.fromkeys(_activation_name(s.node) for s in sites if s.node.op_type != "Gather"))
     start = time.perf_counter()
 
     def counted(size: int) -> None:
@@ -311,7 +318,7 @@ def _hessians(
         if progress is not None:
             progress("calibrate", size, None)
 
-    hessians = collect_hessians(model, samples, names, on_batch=counted)  # type: ignore[arg-type]
+    hessians = collect_hessians(model, samples, names, on_batch=counted)
     report.calibration_seconds = time.perf_counter() - start
     report.notes.append(
         f"gptq: 4-bit levels chosen to minimize each layer's output error on {report.calibration_samples} "
@@ -360,20 +367,27 @@ def _refusal(node: ir.Node) -> str | None:
         return "the activation input is not float32 (only float32 models are quantized)"
     if _is_constant(x):
         return "the constant operand is on the left (not supported)"
-    if not _is_constant(weight) or weight.dtype != _FLOAT:  # type: ignore[union-attr]
+    if not _is_constant(weight) or weight.dtype != _FLOAT:
         return "the weight (right operand) is not a constant float32 initializer"
-    if len(weight.shape or ()) != 2:  # type: ignore[union-attr]
-        return f"the weight has rank {len(weight.shape or ())}; 4-bit weights must be 2-D"  # type: ignore[union-attr]
+    if len(weight.shape or ()) != 2:
+        return f"the weight has rank {len(weight.shape or ())}; 4-bit weights must be 2-D"
     if x.shape is not None and len(x.shape) < 2:
         return "the activation is 1-D (MatMulNBits needs rank >= 2)"
     if node.op_type == "Gemm":
         alpha, beta = node.attributes.get_float("alpha", 1.0), node.attributes.get_float("beta", 1.0)
-        if alpha != 1.0 or beta != 1.0 or node.attributes.get_int("transA", 0):
+        if alpha != 1.0 or beta != 1.0 or node.attributes.get_int("transA", 0) != 0:
             return f"Gemm with alpha={alpha}, beta={beta}, transA (only 1.0, 1.0, 0 is supported)"
     if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
         return "a second output is used"
     return None
 
 
-def _is_constant(value: ir.Value | None) -> bool:
+def _is_constant(value: ir.Value | None) -> typing.TypeGuard[ir.Value]:
     return value is not None and value.const_value is not None and not value.is_graph_input()
+
+
+def _activation_name(node: ir.Node) -> str:
+    """Name of a planned MatMul/Gemm's activation input (``_refusal`` made sure it is there)."""
+    x = node.inputs[0]
+    assert x is not None
+    return x.name or ""

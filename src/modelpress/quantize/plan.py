@@ -38,6 +38,7 @@ Only the main graph is planned; subgraphs (If/Loop/Scan) and functions stay floa
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import onnx_ir as ir
 
@@ -161,7 +162,7 @@ def _keep_stems_float(
             "NCHWc Conv is faster than QLinearConv here and the input needs no Quantize/Transpose"
         )
         out = node.outputs[0]
-        follower = out.uses()[0].node if len(out.uses()) == 1 and not out.is_graph_output() else None
+        follower = next(iter(out.uses())).node if len(out.uses()) == 1 and not out.is_graph_output() else None
         if follower is not None and roles.get(follower) == "activation":
             del roles[follower]
             skipped[labels[follower]] = "follows a float image stem (float_stem)"
@@ -202,7 +203,7 @@ def _plan_weights(plan: QuantPlan, node: ir.Node, spec: QuantSpec) -> None:
         trans_b = node.attributes.get_int("transB", 0)
         plan.weights.append(WeightSite(node, 1, (0 if trans_b else 1) if spec.per_channel else None))
     elif node.op_type == "MatMul" and _is_constant(node.inputs[1]):
-        rank = len(node.inputs[1].shape or ())  # type: ignore[union-attr]
+        rank = len(node.inputs[1].shape or ())
         plan.weights.append(WeightSite(node, 1, 1 if spec.per_channel and rank == 2 else None))
     if spec.mode == "static" and node.op_type in ("Conv", "Gemm") and _input(node, 2) is not None:
         plan.biases.append(BiasSite(node, node.inputs[0].name))  # type: ignore[union-attr,arg-type]
@@ -249,9 +250,10 @@ def _plan_activations(plan: QuantPlan, selected: list[ir.Node], roles: dict[ir.N
     fused_producers = {n.inputs[0].producer() for n in fused}  # type: ignore[union-attr]
 
     def want(value: ir.Value, source: ir.Value | None = None) -> None:
-        if value.name not in plan.activations:
-            root = plan.activations[source.name].source if source is not None else value.name  # type: ignore[arg-type]
-            plan.activations[value.name] = ActivationSite(value, root)  # type: ignore[index]
+        name = value.name or ""
+        if name not in plan.activations:
+            root = plan.activations[source.name or ""].source if source is not None else name
+            plan.activations[name] = ActivationSite(value, root)
 
     for node in selected:
         role = roles[node]
@@ -272,7 +274,7 @@ def _fusable_producer(value: ir.Value, chosen: set[ir.Node], roles: dict[ir.Node
     producer = value.producer()
     return (
         producer in chosen
-        and roles[producer] in ("compute", "requant")  # type: ignore[index]
+        and roles[producer] in ("compute", "requant")
         and len(value.uses()) == 1
         and not value.is_graph_output()
     )
@@ -328,8 +330,8 @@ def _compute_refusal(node: ir.Node) -> str | None:
         alpha, beta = node.attributes.get_float("alpha", 1.0), node.attributes.get_float("beta", 1.0)
         if alpha != 1.0 or beta != 1.0:
             return f"alpha={alpha}, beta={beta} (only 1.0 is supported)"
-        if bias is not None and len(weight.shape or ()) == 2:  # type: ignore[union-attr]
-            channels = weight.shape[0 if node.attributes.get_int("transB", 0) else 1]  # type: ignore[union-attr]
+        if bias is not None and weight.shape is not None and len(weight.shape) == 2:
+            channels = weight.shape[0 if node.attributes.get_int("transB", 0) else 1]
             if not _is_constant(bias) or tuple(bias.shape or ()) != (channels,):
                 return f"the bias is not a constant vector of {channels} values"
     if node.op_type == "Conv" and bias is not None and (not _is_constant(bias) or len(bias.shape or ()) != 1):
@@ -347,9 +349,9 @@ def _dynamic_refusal(node: ir.Node) -> str | None:
     weight = node.inputs[1]
     if not _is_constant(weight):
         return "the weight (right operand) is not a constant initializer"
-    if len(weight.shape or ()) != 2:  # type: ignore[union-attr]
-        return f"the weight has rank {len(weight.shape or ())}; dynamic mode takes 2-D weights"  # type: ignore[union-attr]
-    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+    if len(weight.shape or ()) != 2:
+        return f"the weight has rank {len(weight.shape or ())}; dynamic mode takes 2-D weights"
+    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0) != 0:
         return "transA=1 (not supported in dynamic mode)"
     return _compute_refusal(node)
 
@@ -358,6 +360,6 @@ def _input(node: ir.Node, index: int) -> ir.Value | None:
     return node.inputs[index] if len(node.inputs) > index else None
 
 
-def _is_constant(value: ir.Value | None) -> bool:
+def _is_constant(value: ir.Value | None) -> typing.TypeGuard[ir.Value]:
     """An initializer the user cannot override (not also a graph input)."""
     return value is not None and value.const_value is not None and not value.is_graph_input()

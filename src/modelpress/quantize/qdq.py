@@ -47,7 +47,10 @@ __all__ = ["QdqStats", "activation_qparams", "apply_plan", "quantize_bias", "qua
 
 logger = logging.getLogger(__name__)
 
-_QRANGE = {"uint8": (0, 255, np.uint8), "int8": (-128, 127, np.int8)}
+_QRANGE: dict[str, tuple[int, int, type[np.uint8] | type[np.int8]]] = {
+    "uint8": (0, 255, np.uint8),
+    "int8": (-128, 127, np.int8),
+}
 _INT32 = np.iinfo(np.int32)
 
 
@@ -259,6 +262,6 @@ def apply_plan(
             continue
         source = plan.activations[bias_site.activation].source
         rewriter.add_bias(bias_site.node, x_scales[source], w_scales[id(bias_site.node)])
-    for site in plan.activations.values():
-        rewriter.add_activation_pair(site.value, *params[site.source])
+    for activation in plan.activations.values():
+        rewriter.add_activation_pair(activation.value, *params[activation.source])
     return rewriter.stats

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import os
 import tempfile
 import typing
 from pathlib import Path
@@ -32,7 +33,7 @@ from modelpress.runtime.session import create_session, run_session
 
 __all__ = ["OutputError", "QuantizeReport", "measure_errors", "runtime_ops"]
 
-ModelLike = ir.Model | bytes | str | Path
+ModelLike = ir.Model | bytes | str | os.PathLike[str]
 # Substrings of the quantized kernels' names in onnxruntime's optimized graph.
 _KERNEL_KEYS = ("QLinear", "QGemm", "Integer", "NhwcMaxPool", "DynamicQuantize", "NBits", "BlockQuantized")
 
@@ -126,8 +127,8 @@ def measure_errors(
     on_batch: collections.abc.Callable[[int], None] | None = None,
 ) -> tuple[list[OutputError], int]:
     """Stream ``samples`` through both models; return per-output errors and the sample count."""
-    reference_session = create_session(reference, level="disable")  # type: ignore[arg-type]
-    candidate_session = create_session(candidate, level="all")  # type: ignore[arg-type]
+    reference_session = create_session(reference, level="disable")
+    candidate_session = create_session(candidate, level="all")
     errors: dict[str, OutputError] = {}
     count = 0
     for feeds in samples:
@@ -147,7 +148,7 @@ def runtime_ops(model: ModelLike) -> dict[str, int]:
     """Op histogram of the graph onnxruntime runs at ``ORT_ENABLE_ALL`` (after its QDQ fusions)."""
     with tempfile.TemporaryDirectory(prefix="modelpress-ort-") as folder:
         path = Path(folder) / "optimized.onnx"
-        create_session(model, level="all", optimized_model_path=path)  # type: ignore[arg-type]
+        create_session(model, level="all", optimized_model_path=path)
         # onnxruntime wrote this file itself: trusted, and it uses contrib ops the ONNX
         # checker in io.load does not know, so it is read with onnx_ir directly.
         return op_histogram(ir.load(path))

@@ -170,12 +170,12 @@ def quantize_model(
     else:
         if spec.bias_correction:
             report.bias_correction = correct_biases(work, plan, ranges, samples, spec, progress=progress)  # type: ignore[arg-type]
-        stats = apply_plan(work, plan, ranges, spec)
+        qdq_stats = apply_plan(work, plan, ranges, spec)
         report.inserted = {
-            "activation_qdq_pairs": stats.activations,
-            "int8_weights": stats.weights,
-            "int32_biases": stats.biases,
-            "clipped_bias_values": stats.clipped_bias_values,
+            "activation_qdq_pairs": qdq_stats.activations,
+            "int8_weights": qdq_stats.weights,
+            "int32_biases": qdq_stats.biases,
+            "clipped_bias_values": qdq_stats.clipped_bias_values,
         }
     report.ops_after = op_histogram(work)
     report.weight_bytes_after = model_stats(work).weight_bytes
@@ -184,18 +184,18 @@ def quantize_model(
 
 
 def quantize_file(
-    source: str | os.PathLike,
-    destination: str | os.PathLike,
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
     spec: QuantSpec,
     *,
-    calib_dir: str | os.PathLike | None = None,
+    calib_dir: str | os.PathLike[str] | None = None,
     num_samples: int | None = None,
     samples: collections.abc.Iterable[Feeds] | None = None,
     upgrade_opset: bool = False,
     evaluate: bool = True,
     progress: Progress | None = None,
     calib_pipeline: object | None = None,
-    eval_dir: str | os.PathLike | None = None,
+    eval_dir: str | os.PathLike[str] | None = None,
     max_drop: float | None = None,
     eval_metric: str = "auto",
     eval_output: str | None = None,
@@ -290,7 +290,7 @@ def _fall_back_for_accuracy(
     model: ir.Model,
     spec: QuantSpec,
     data: collections.abc.Iterable[Feeds] | None,
-    eval_dir: str | os.PathLike | None,
+    eval_dir: str | os.PathLike[str] | None,
     max_drop: float | None,
     pipeline: object | None,
     upgrade_opset: bool,

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -143,7 +144,7 @@ class ObfuscationReport:
     opaque: bool = False
     regions: list[str] = dataclasses.field(default_factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The report as JSON-serializable data."""
         data = dataclasses.asdict(self)
         data["records"] = [dataclasses.asdict(r) for r in self.records]
@@ -160,7 +161,7 @@ def obfuscation_passes(seed: int, strength: str = "medium", *, opaque: bool = Fa
         raise UsageError(f"unknown obfuscation strength '{strength}'; choose one of: {', '.join(STRENGTHS)}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise UsageError(f"the obfuscation seed must be a non-negative integer, got {seed!r}")
-    factories = {
+    factories: dict[str, collections.abc.Callable[[int], ModelpressPass]] = {
         "permute-channels": PermuteChannelsPass,
         "rescale-channels": RescaleChannelsPass,
         "anonymize-names": AnonymizeNamesPass,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from typing import cast
 
 import onnx_ir as ir
 
@@ -156,7 +157,7 @@ class _GroupSearch:
         into = axis
         if node.op_type == "Flatten":  # [N, C, 1, ...] -> [N, C]: the input has them on axis 1
             source = node.inputs[0]
-            rank = self.ranks.get(source) if source is not None else None  # type: ignore[arg-type]
+            rank = self.ranks.get(source) if source is not None else None
             rank = rank or (len(source.shape) if source is not None and source.shape is not None else None)
             if rank is None:
                 self._refuse(f"{where(node)}: the rank of its input is unknown")
@@ -217,7 +218,8 @@ def _spread_ranks(steps: dict[ir.Node, Step], ranks: dict[ir.Value, int]) -> Non
     while changed:
         changed = False
         for node, step in steps.items():
-            inputs = [node.inputs[i] for i in step.hidden]
+            # A step's group inputs are set: _take queued each of them as a value of the group.
+            inputs = cast("list[ir.Value]", [node.inputs[i] for i in step.hidden])
             known = {value: ranks.get(value) for value in [*inputs, node.outputs[0]]}
             for value, rank in _implied_ranks(step, inputs, node.outputs[0], known).items():
                 if value not in ranks:
@@ -225,7 +227,9 @@ def _spread_ranks(steps: dict[ir.Node, Step], ranks: dict[ir.Value, int]) -> Non
                     changed = True
 
 
-def _implied_ranks(step: Step, inputs: list, output: ir.Value, known: dict) -> dict[ir.Value, int]:
+def _implied_ranks(
+    step: Step, inputs: list[ir.Value], output: ir.Value, known: dict[ir.Value, int | None]
+) -> dict[ir.Value, int]:
     """Ranks of a step's group inputs and output that follow from those ``known``."""
     out = known[output]
     if step.rank_rule == "flat":
@@ -239,7 +243,7 @@ def _implied_ranks(step: Step, inputs: list, output: ir.Value, known: dict) -> d
     if step.constant_rank is not None:
         operand_ranks.append(step.constant_rank)
     if None not in operand_ranks:
-        return {output: max(operand_ranks)}
+        return {output: max(cast("list[int]", operand_ranks))}  # no None among them
     unknown = [v for v in inputs if known[v] is None]
     others = [r for r in operand_ranks if r is not None]
     if out is not None and len(unknown) == 1 and max(others, default=0) < out:

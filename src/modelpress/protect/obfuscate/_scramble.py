@@ -62,7 +62,8 @@ def unscramble(scrambled: Scrambled) -> np.ndarray:
     flat = scrambled.stored
     if scrambled.inverse_scale is not None:
         flat = (flat.reshape(-1, scrambled.inverse_scale.size) * scrambled.inverse_scale).reshape(-1)
-    return flat[scrambled.index].reshape(scrambled.shape)
+    original: np.ndarray = flat[scrambled.index].reshape(scrambled.shape)
+    return original
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

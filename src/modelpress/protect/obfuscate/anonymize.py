@@ -140,7 +140,7 @@ class AnonymizeNamesPass(ModelpressPass):
 
 def _clear_text(model: ir.Model) -> bool:
     """Drop doc strings, metadata_props and attribute tensor names; True when any was set."""
-    owners: list = [model, *_scopes(model)]
+    owners: list[ir.Model | ir.Graph | ir.Function | ir.Value | ir.Node | ir.Attr] = [model, *_scopes(model)]
     for scope in _scopes(model):
         owners.extend(_values(scope))
         for node in scope:

@@ -62,6 +62,7 @@ class AnonymizeOpTypesPass(ModelpressPass):
         domains = [self._symbol(rng, taken, ".") for _ in range(self.domains)]
         renamed: dict[ir.OperatorIdentifier, ir.Function] = {}
         old_domains = {function.domain for function in model.functions.values()}
+        function: ir.Function | None
         for identifier, function in model.functions.items():
             function.name = self._symbol(rng, taken)
             function.domain = domains[int(rng.integers(len(domains)))]

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnx_ir as ir
 
@@ -77,7 +77,7 @@ class WrittenFiles:
     library_encrypted: bool
 
 
-def library_path(model_path: str | os.PathLike) -> Path:
+def library_path(model_path: str | os.PathLike[str]) -> Path:
     """Where the library of ``model_path`` lives: the same folder and stem, suffix ``.mplib``."""
     return Path(model_path).with_suffix(LIBRARY_SUFFIX)
 
@@ -97,7 +97,7 @@ def split_library(model: ir.Model) -> ir.Model:
 
 def write_obfuscated(
     model: ir.Model,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     key: Key | None = None,
     *,
     encrypt: bool = False,
@@ -144,9 +144,9 @@ def write_obfuscated(
 def attach_library(
     model: ir.Model,
     *,
-    model_path: str | os.PathLike | None,
+    model_path: str | os.PathLike[str] | None,
     key: Key | None = None,
-    library: str | os.PathLike | bytes | None = None,
+    library: str | os.PathLike[str] | bytes | None = None,
     mode: str = "runtime",
 ) -> ir.Model:
     """Give an obfuscated ``model`` (in place) what it needs to run in ``mode``.
@@ -188,9 +188,9 @@ def attach_library(
     return restore_original(model) if mode == "transport" else model
 
 
-def _binding(model: ir.Model) -> dict:
+def _binding(model: ir.Model) -> dict[str, Any]:
     try:
-        binding = json.loads(model.metadata_props[LIBRARY_METADATA])
+        binding: dict[str, Any] = json.loads(model.metadata_props[LIBRARY_METADATA])
         if binding.get("format") != _FORMAT or not isinstance(binding.get("sha256"), str):
             raise ValueError(binding.get("format"))
     except (KeyError, ValueError, AttributeError) as e:
@@ -202,7 +202,7 @@ def _binding(model: ir.Model) -> dict:
 
 
 def _read_library(
-    model_path: str | os.PathLike | None, library: str | os.PathLike | bytes | None
+    model_path: str | os.PathLike[str] | None, library: str | os.PathLike[str] | bytes | None
 ) -> tuple[bytes, str]:
     if isinstance(library, bytes | bytearray | memoryview):
         return bytes(library), "<library bytes>"
@@ -223,7 +223,9 @@ def _read_library(
         raise ProtectionError(f"{path}: cannot read the operator library ({e.strerror or e})") from None
 
 
-def _library_functions(data: bytes, where: str, key: Key | None, *, encrypted: bool) -> dict:
+def _library_functions(
+    data: bytes, where: str, key: Key | None, *, encrypted: bool
+) -> dict[ir.OperatorIdentifier, ir.Function]:
     if encrypted:
         if key is None:
             raise ProtectionError(

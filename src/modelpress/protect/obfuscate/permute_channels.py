@@ -32,6 +32,7 @@ and weights shared with other nodes. Groups of one channel have nothing to permu
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -104,7 +105,7 @@ class PermuteChannelsPass(ModelpressPass):
             for site in weights:
                 originals.setdefault((site.node, site.index), _current(site))
             order = self._draw(rng, group.channels, weights, originals)
-            changed = rewrite_sites(model.graph, group.sites, lambda a, s, o=order: permuted(a, s, o))
+            changed = rewrite_sites(model.graph, group.sites, functools.partial(permuted, order=order))
             permuted_groups += changed > 0
         if permuted_groups:
             logger.info("permute-channels: %d channel groups permuted", permuted_groups)

@@ -33,6 +33,7 @@ about 5e-4 in fp16, inside fp16's 1e-3). Permutation, by contrast, rounds nothin
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -102,7 +103,7 @@ class RescaleChannelsPass(ModelpressPass):
                 logger.debug("rescale-channels: group '%s' left alone: %s", group.label, reason)
                 continue
             scales = np.exp(rng.uniform(math.log(self.low), math.log(self.high), group.channels))
-            changed = rewrite_sites(model.graph, group.sites, lambda a, s, f=scales: rescaled(a, s, f))
+            changed = rewrite_sites(model.graph, group.sites, functools.partial(rescaled, scales=scales))
             rescaled_groups += changed > 0
         if rescaled_groups:
             logger.info("rescale-channels: %d channel groups rescaled", rescaled_groups)
