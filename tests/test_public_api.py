@@ -11,6 +11,7 @@ from modelpress import errors
 PUBLIC_API = {
     "modelpress.errors": [
         "CalibrationError",
+        "CompressionError",
         "ConversionError",
         "InvalidModelError",
         "ModelLoadError",
@@ -63,6 +64,30 @@ PUBLIC_API = {
         "load_recipe",
         "parse_recipe",
     ],
+    "modelpress.compress": [
+        "CompressReport",
+        "LayerPrune",
+        "PruneReport",
+        "SharedWeights",
+        "TensorRecord",
+        "compress_file",
+        "compress_model",
+        "decompress_file",
+        "is_compressed",
+        "load_compressed",
+        "load_compressed_model",
+        "prune_file",
+        "prune_model",
+        "share_weights",
+    ],
+    "modelpress.compress.mpz": [
+        "FORMAT_VERSION",
+        "MAGIC",
+        "decompress_file",
+        "is_compressed",
+        "load_compressed",
+        "load_compressed_model",
+    ],
     "modelpress.quantize": ["OutputError", "QuantSpec", "QuantizeReport", "quantize_file", "quantize_model"],
 }
 
@@ -89,6 +114,7 @@ def test_every_error_is_a_modelpress_error_with_its_exit_code():
         errors.ConversionError: 8,
         errors.CalibrationError: 9,
         errors.PackageError: 10,
+        errors.CompressionError: 11,
     }
     for cls, code in codes.items():
         assert issubclass(cls, errors.ModelpressError)

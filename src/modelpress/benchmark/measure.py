@@ -29,6 +29,7 @@ from modelpress.benchmark._inputs import input_names, load_data, make_inputs
 from modelpress.benchmark.quality import LABELS_KEY, Quality, collect_outputs, compare_quality
 from modelpress.benchmark.report import STAGES, BenchReport, Measurement, ModelResult
 from modelpress.benchmark.stats import latency_stats
+from modelpress.compress.mpz import is_compressed, load_compressed_model
 from modelpress.errors import ModelLoadError, ProtectionError, UsageError
 from modelpress.ir import io
 from modelpress.package import Package, load_package
@@ -274,6 +275,8 @@ def _open_target(path: Path, name: str, key: Key | None) -> _Target:
         return _Target(
             name, path, "mpe", load_encrypted(path, _need_key(key, path)), path.stat().st_size, None
         )
+    if is_compressed(path):
+        return _Target(name, path, "mpz", load_compressed_model(path), path.stat().st_size, None)
     return _Target(name, path, "onnx", io.load(path), path.stat().st_size, None)
 
 

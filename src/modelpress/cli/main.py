@@ -2,8 +2,8 @@
 
 Only this module prints or exits. Library errors (``ModelpressError``) become a one-line red
 message on stderr and the error class's exit code (2 usage, 3 unreadable model, 4/5 pass
-failures, 6 numeric mismatch, 7 protection, 8 conversion, 9 calibration data); anything else
-is a bug and keeps its traceback.
+failures, 6 numeric mismatch, 7 protection, 8 conversion, 9 calibration data, 10 package,
+11 compressed container); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -196,9 +196,9 @@ def list_passes() -> None:
 
 
 def _register_verbs() -> None:
-    from modelpress.cli import bench, convert, deploy, package, protect, quantize, run, serve
+    from modelpress.cli import bench, compress, convert, deploy, package, protect, quantize, run, serve
 
-    verbs = (convert, protect, run, quantize, package, bench, serve, deploy)  # one module per verb
+    verbs = (convert, protect, run, quantize, compress, package, bench, serve, deploy)  # one module per verb
     for verb in verbs:
         verb.register(app)
 

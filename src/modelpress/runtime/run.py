@@ -1,9 +1,11 @@
-"""Run a model file, plain (``.onnx``) or encrypted (``.mpe``), on given inputs.
+"""Run a model file, plain (``.onnx``), encrypted (``.mpe``) or compressed (``.mpz``), on given inputs.
 
 This is the library side of ``modelpress run``. An encrypted file is recognized by its
 signature (not its extension) and decrypted in memory with ``modelpress.protect``: onnxruntime
 gets the graph as bytes and the weights as views of the decrypted buffer (no copy), and the
-plaintext never touches the disk. A plain file is validated with
+plaintext never touches the disk. A Deep Compression file (``.mpz``, ``modelpress.compress``)
+is recognized by its signature too and decoded in memory the same way: the graph as bytes, the
+weights as views of one decoded buffer. A plain file is validated with
 ``modelpress.ir.io.load`` (it is untrusted input) and opened by path, so external data works.
 Arrays are read from ``.npy`` files without ever unpickling, and outputs are written
 atomically as ``.npy`` (one output) or ``.npz`` (any number).
@@ -27,6 +29,8 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from modelpress.compress.mpz import MAGIC as MPZ_MAGIC
+from modelpress.compress.mpz import is_compressed, load_compressed
 from modelpress.errors import ProtectionError, UsageError
 from modelpress.ir import io
 from modelpress.protect.encrypt import MAGIC, decrypt_model, is_encrypted
@@ -51,10 +55,11 @@ def open_model_session(
     inter_op_threads: int = 1,
     providers: str | list[str] = "cpu",
 ) -> ort.InferenceSession:
-    """An onnxruntime session for a model file; ``.mpe`` files are decrypted in memory.
+    """An onnxruntime session for a model file; ``.mpe`` / ``.mpz`` files are decoded in memory.
 
     Args:
-        path: A plain ONNX file or an encrypted ``.mpe`` file, or the bytes of either (a
+        path: A plain ONNX file, an encrypted ``.mpe`` or a compressed ``.mpz`` file, or the
+            bytes of any of them (a
             package passes the bytes it has just verified, so that what runs is what was hashed).
         key: The key of an encrypted file or operator library (bytes or a ``KeySource``);
             ignored for plain files.
@@ -75,6 +80,7 @@ def open_model_session(
             given; or its operator library is missing, altered, from another model, or
             encrypted and the key is missing or wrong.
         ModelLoadError: the (decrypted) model cannot be read or loaded by onnxruntime.
+        CompressionError: an ``.mpz`` file is damaged, truncated or not a valid container.
     """
     if mode not in MODES:
         raise UsageError(f"unknown run mode '{mode}'; choose one of: {', '.join(MODES)}")
@@ -94,9 +100,12 @@ def open_model_session(
         )
 
     if isinstance(path, bytes):
-        where, encrypted = where or "<bytes>", path.startswith(MAGIC)
+        where, encrypted, compressed = where or "<bytes>", path.startswith(MAGIC), path.startswith(MPZ_MAGIC)
     else:
-        where, encrypted = where or str(path), is_encrypted(path)
+        where, encrypted, compressed = where or str(path), is_encrypted(path), is_compressed(path)
+    if compressed:
+        graph, weights = load_compressed(path)
+        return session(graph, weights)
     model_path = None if isinstance(path, bytes) else path
     if encrypted:
         if key is None:
