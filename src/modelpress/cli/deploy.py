@@ -124,10 +124,12 @@ def _print_summary(report: Any) -> None:
         console.print(f"report: {escape(str(path))}", highlight=False, soft_wrap=True)
     console.print(
         f"try it: modelpress run {escape(str(report.package))}{key} --input "
-        f"{escape(str(report.sample_input or 'INPUT.npy'))}    "
-        f"modelpress serve {escape(str(report.package))}{key}",
+        f"{escape(str(report.sample_input or 'INPUT.npy'))}",
         highlight=False,
         soft_wrap=True,
+    )
+    console.print(
+        f"serve it: modelpress serve {escape(str(report.package))}{key}", highlight=False, soft_wrap=True
     )
     console.print(f"done in {report.seconds:.1f} s", highlight=False)
 
