@@ -1,4 +1,4 @@
-"""Small helpers for reading the user's configuration files (recipes, pipelines)."""
+"""Small file helpers: the user's configuration files (recipes, pipelines), file signatures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from pathlib import Path
 
 from modelpress.errors import UsageError
 
-__all__ = ["read_small_text"]
+__all__ = ["has_signature", "read_small_text"]
+
+
+def has_signature(path: str | os.PathLike[str], magic: bytes) -> bool:
+    """Whether the file at ``path`` starts with ``magic`` (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def read_small_text(path: str | os.PathLike[str], limit: int, what: str) -> str:

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from modelpress._files import has_signature
 from modelpress.compress import _coding
 from modelpress.compress._header import Entry, parse_entries, parse_header
 from modelpress.errors import CompressionError, ModelLoadError, ModelSaveError
@@ -132,11 +133,7 @@ def decompress_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
 
 def is_compressed(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` starts with the ``.mpz`` signature (False when it cannot be read)."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
+    return has_signature(path, MAGIC)
 
 
 def write_atomic(dest: Path, data: bytes) -> None:

@@ -71,6 +71,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from modelpress._files import has_signature
 from modelpress.errors import ModelLoadError, ModelSaveError, ProtectionError, UsageError
 from modelpress.ir import io
 from modelpress.protect._sources import AnonymousBuffer, Source, open_source, output_buffer
@@ -329,11 +330,7 @@ def read_header(source: str | os.PathLike[str] | bytes) -> MpeHeader:
 
 def is_encrypted(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` starts with the ``.mpe`` signature (False when it cannot be read)."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
+    return has_signature(path, MAGIC)
 
 
 def _model_plaintext(model: ir.Model | str | os.PathLike[str], version: int) -> bytes:
