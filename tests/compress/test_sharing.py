@@ -68,3 +68,27 @@ def test_all_zero_and_constant_tensors():
     assert share_weights(np.zeros((4, 4), np.float32), 5).decode().tolist() == np.zeros((4, 4)).tolist()
     constant = np.full((3, 3), 0.25, np.float32)
     np.testing.assert_array_equal(share_weights(constant, 5).decode(), constant)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("bits", [1, 3, 5, 8])
+def test_an_already_shared_tensor_round_trips_exactly(bits, dtype):
+    # Values k-means would merge: a tight group far from the rest (linear init leaves the
+    # centroids between them empty), plus zeros that must stay zeros.
+    rng = np.random.default_rng(bits)
+    values = np.concatenate([[-3.0], 0.1 + 1e-3 * np.arange(2**bits - 2), [2.5]])[: 2**bits]
+    array = np.where(rng.random(5000) < 0.7, 0.0, rng.choice(values, 5000)).astype(dtype).reshape(50, 100)
+    sharing = share_weights(array, bits)
+    assert sharing.iterations == 0
+    assert sharing.decode().tobytes() == array.tobytes()
+    np.testing.assert_array_equal(sharing.codebook, np.unique(array[array != 0]).astype(np.float32))
+    # sharing is idempotent: a decoded tensor is its own codebook
+    again = share_weights(sharing.decode(), bits)
+    assert again.decode().tobytes() == array.tobytes() and again.iterations == 0
+
+
+def test_one_value_more_than_the_codebook_still_clusters():
+    array = np.arange(1, 2**5 + 2, dtype=np.float32)  # 33 distinct values, 5 bits
+    sharing = share_weights(array, 5)
+    assert sharing.iterations > 0 and sharing.codebook.size == 32
+    assert len(np.unique(sharing.decode())) <= 32

@@ -68,7 +68,7 @@ def test_malformed_manifests_are_refused(text, message):
     ("manifest", "message"),
     [
         (Manifest("model.onnx", {"model.onnx": MODEL, "../x": PIPE}), "holds exactly"),
-        (Manifest("../model.onnx", {"../model.onnx": MODEL}), "must be model.onnx or model.mpe"),
+        (Manifest("../model.onnx", {"../model.onnx": MODEL}), "must be model.onnx, model.mpe or model.mpz"),
         (Manifest("model.onnx", {"model.onnx": MODEL}, pipeline="p.yaml"), "'pipeline' must be"),
         (Manifest("model.onnx", {"model.onnx": MODEL}, steps=({"level": 1},)), "'steps' must be"),
         (Manifest("model.onnx", {"model.onnx": FileEntry("xyz", 1)}), "64 hex digits"),

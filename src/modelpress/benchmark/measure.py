@@ -266,6 +266,8 @@ def _open_target(path: Path, name: str, key: Key | None) -> _Target:
         model_bytes = package.read_model()
         if package.is_encrypted:
             model = load_encrypted(model_bytes, _need_key(key, path))
+        elif package.manifest.model.endswith(".mpz"):
+            model = load_compressed_model(model_bytes)
         else:
             model = io.load(model_bytes)
         return _Target(name, path, "package", model, len(model_bytes), package)

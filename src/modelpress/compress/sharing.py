@@ -13,6 +13,12 @@ from one cumulative sum. An iteration therefore costs ``O(k log n)``, not ``O(n 
 which the paper found best (it keeps centroids on the rare large weights that matter most).
 
 Exact zeros (pruned weights) are not clustered: they stay exact zeros and cost no centroid.
+
+A tensor whose non-zero values already number at most ``2**bits`` (one that ``finetune.py``
+shared and fine-tuned in torch, or one this module shared before) is not clustered again: its
+distinct values are the codebook, so it round-trips exactly. k-means would be free to merge
+two of them (linear initialization can leave a value's nearest centroid empty) or to move a
+centroid off a value, which would undo the fine-tuning.
 """
 
 from __future__ import annotations
@@ -124,8 +130,10 @@ def share_weights(array: np.ndarray, bits: int, *, max_iterations: int = _MAX_IT
 
     Args:
         array: A float32 or float16 weight tensor (not modified).
-        bits: 1 to 8; the codebook has ``2**bits`` centroids (some may coincide or go unused
-            when the tensor has few distinct values: harmless, the entropy coder ignores them).
+        bits: 1 to 8; the codebook has ``2**bits`` centroids (some may coincide or go unused:
+            harmless, the entropy coder ignores them). When the non-zero values number at
+            most ``2**bits``, the codebook is exactly those values (no k-means, 0 iterations)
+            and ``decode()`` returns ``array`` bit for bit (save that -0.0 becomes 0.0).
         max_iterations: Upper bound on Lloyd iterations.
 
     Returns:
@@ -140,7 +148,13 @@ def share_weights(array: np.ndarray, bits: int, *, max_iterations: int = _MAX_IT
     if kept.size == 0:
         codebook = np.zeros(0, dtype=np.float32)
         return SharedWeights(codebook, np.zeros(0, np.uint8), positions, array.shape, array.dtype, bits, 0)
-    centroids, iterations = kmeans_1d(np.sort(kept), 2**bits, max_iterations=max_iterations)
+    sorted_kept = np.sort(kept)
+    distinct = sorted_kept[np.concatenate(([True], sorted_kept[1:] != sorted_kept[:-1]))]
+    if distinct.size <= 2**bits:
+        # Already shared: the values are the codebook (ascending, like k-means' centroids).
+        indices = np.searchsorted(distinct, kept, side="left").astype(np.uint8)
+        return SharedWeights(distinct, indices, positions, tuple(array.shape), array.dtype, bits, 0)
+    centroids, iterations = kmeans_1d(sorted_kept, 2**bits, max_iterations=max_iterations)
     codebook = centroids.astype(np.float32)
     midpoints = ((centroids[:-1] + centroids[1:]) / 2).astype(np.float32)
     # Same rule as _cluster_bounds: a value equal to a midpoint joins the upper cluster.

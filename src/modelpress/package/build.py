@@ -6,7 +6,8 @@ replaced only when asked (``overwrite=True``, ``--force``), and only when it is 
 empty folder: a typo in ``-o`` never deletes a folder of other files.
 
 The model is validated before it is copied (a plain model is read with ``ir.io.load``, an
-encrypted one must have a sound ``.mpe`` header) and renamed ``model.onnx`` or ``model.mpe``;
+encrypted one must have a sound ``.mpe`` header, a Deep Compression ``.mpz`` must decode) and
+renamed ``model.onnx``, ``model.mpe`` or ``model.mpz``;
 the operator library of a model obfuscated into opaque operators (``MODEL.mplib`` beside it)
 goes in as ``model.mplib``, listed and hashed like every file.
 Models with external data files are refused: a package holds one model file.
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelpress.compress.mpz import MAGIC as MPZ_MAGIC
+from modelpress.compress.mpz import load_compressed
 from modelpress.errors import ModelLoadError, ModelSaveError, PackageError, UsageError
 from modelpress.ir import io
 from modelpress.package.manifest import LIBRARY_NAME, MANIFEST_NAME, PIPELINE_NAME, FileEntry, Manifest
@@ -120,6 +123,9 @@ def _read_model(path: Path, key_id: str | None) -> tuple[bytes, str, str | None]
         return data, "model.mpe", found
     if key_id is not None:
         raise UsageError(f"{path}: key_id given, but the model is not encrypted (.mpe)")
+    if data.startswith(MPZ_MAGIC):
+        load_compressed(data)  # every check of the container, and a decodable graph
+        return data, "model.mpz", None
     io.load(path)  # untrusted input: a clear error naming the file when it is not a sound model
     try:
         io.load(data)
@@ -145,7 +151,9 @@ def _read_library(path: Path, model_bytes: bytes) -> bytes | None:
             return beside.read_bytes()
         except OSError as e:
             raise ModelLoadError(f"{beside}: cannot read the operator library: {e}") from e
-    if not model_bytes.startswith(MAGIC) and has_library(io.load(model_bytes)):
+    # Encrypted models are checked when run; .mpz files do not carry opaque operators (not supported).
+    plain = not model_bytes.startswith((MAGIC, MPZ_MAGIC))
+    if plain and has_library(io.load(model_bytes)):
         raise PackageError(
             f"{path}: the model is obfuscated into opaque operators, but its library {beside.name} is not "
             "beside it; keep the two files together"

@@ -52,7 +52,7 @@ class Package:
 
     @property
     def model_path(self) -> Path:
-        """The model file (``model.onnx`` or ``model.mpe``)."""
+        """The model file (``model.onnx``, ``model.mpe`` or ``model.mpz``)."""
         return self.root / self.manifest.model
 
     @property

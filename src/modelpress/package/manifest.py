@@ -16,7 +16,8 @@
 ```
 
 ``files`` lists every file of the package except the manifest itself, and nothing else: the
-model (``model.onnx`` or the encrypted ``model.mpe``) and, when there is one, ``pipeline.yaml``.
+model (``model.onnx``, the encrypted ``model.mpe`` or the compressed ``model.mpz``) and, when
+there is one, ``pipeline.yaml``.
 ``digest`` covers the manifest's own fields (steps, metrics, ...), so that an edited or corrupted
 manifest is refused like an edited model.
 
@@ -58,7 +59,7 @@ MANIFEST_NAME = "manifest.json"
 PIPELINE_NAME = "pipeline.yaml"
 # The operator library of a model obfuscated into opaque operators, when it has one.
 LIBRARY_NAME = "model.mplib"
-MODEL_SUFFIXES = (".onnx", ".mpe")
+MODEL_SUFFIXES = (".onnx", ".mpe", ".mpz")
 # A manifest holds names, hashes, step parameters and metrics: anything larger is not one.
 MAX_MANIFEST_BYTES = 2**20
 _KEYS = {
@@ -96,7 +97,7 @@ class Manifest:
     """The parsed ``manifest.json`` of a package.
 
     Attributes:
-        model: File name of the model (``model.onnx`` or ``model.mpe``).
+        model: File name of the model (``model.onnx``, ``model.mpe`` or ``model.mpz``).
         files: Every file of the package but the manifest, by name.
         pipeline: File name of the pipeline (``pipeline.yaml``), or None.
         steps: The steps applied to the model, each ``{"step": name, **parameters}``.
@@ -209,7 +210,7 @@ def check_layout(
         PackageError: a bad model or pipeline name, or ``files`` not exactly those.
     """
     if not isinstance(model, str) or not model.startswith("model.") or not model.endswith(MODEL_SUFFIXES):
-        raise PackageError(f"{where}: 'model' must be model.onnx or model.mpe, got {model!r}")
+        raise PackageError(f"{where}: 'model' must be model.onnx, model.mpe or model.mpz, got {model!r}")
     if pipeline not in (None, PIPELINE_NAME):
         raise PackageError(f"{where}: 'pipeline' must be {PIPELINE_NAME!r} or null, got {pipeline!r}")
     expected = {model} | ({pipeline} if pipeline else set())
