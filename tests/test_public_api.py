@@ -83,6 +83,7 @@ PUBLIC_API = {
     "modelpress.compress.mpz": [
         "FORMAT_VERSION",
         "MAGIC",
+        "decode_compressed",
         "decompress_file",
         "is_compressed",
         "load_compressed",

@@ -137,7 +137,8 @@ def protect(
     writes OUT.mplib, the operator library the model needs (with --key-file it is encrypted;
     with --encrypt the model is too); both run modes are checked before writing.
     --encrypt writes an .mpe
-    holding the whole model (external-data weights included) in authenticated chunks;
+    holding the whole model (external-data weights included) in authenticated chunks; an .mpz
+    (`modelpress compress`) is encrypted as it is, its weights still coded;
     `modelpress run OUT.mpe --key-file K` runs it. Wrong keys and damaged or tampered files are
     refused with exit code 7.
     """
@@ -148,6 +149,11 @@ def protect(
             raise UsageError("--opaque is a kind of obfuscation: add --obfuscate")
         if not (encrypt or obfuscate):
             raise UsageError("choose a protection: --encrypt, --obfuscate, or both")
+        if obfuscate and _is_compressed(model):
+            raise UsageError(
+                f"{model} is a Deep Compression .mpz: obfuscate the .onnx first, then compress it "
+                "(an .mpz can be encrypted: --encrypt alone)"
+            )
         source = key_source(key_file, key_env, required=encrypt)
         started = time.perf_counter()
         protected: object = model
@@ -199,6 +205,12 @@ def protect(
         f"{seconds:.2f} s",
         highlight=False,
     )
+
+
+def _is_compressed(model: Path) -> bool:
+    from modelpress.compress.mpz import is_compressed
+
+    return is_compressed(model)
 
 
 def _obfuscate(model: Path, strength: str, seed: int | None, opaque: bool = False) -> tuple[object, object]:

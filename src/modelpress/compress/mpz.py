@@ -63,6 +63,7 @@ from modelpress.ir import io
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "decode_compressed",
     "decompress_file",
     "is_compressed",
     "load_compressed",
@@ -99,8 +100,22 @@ def load_compressed(source: Source) -> tuple[bytes, dict[str, np.ndarray]]:
             truncated, damaged or hostile; the message says which check failed.
         ModelLoadError: the file cannot be read (missing, a folder, no permission).
     """
+    graph, _, views = decode_compressed(source)
+    return graph, views
+
+
+def decode_compressed(source: Source) -> tuple[bytes, memoryview, dict[str, np.ndarray]]:
+    """``load_compressed`` plus the whole decoded weights section the views lie in.
+
+    Returns:
+        (graph bytes, weights section, weights by initializer name): what
+        ``io.join_split_bytes(graph, weights)`` turns back into one serialized model.
+
+    Raises:
+        CompressionError, ModelLoadError: as ``load_compressed``.
+    """
     graph, weights, entries = decode_container(source)
-    return graph, _views(graph, weights, entries, source)
+    return graph, weights, _views(graph, weights, entries, source)
 
 
 def load_compressed_model(source: Source) -> ir.Model:

@@ -16,7 +16,12 @@ The plaintext is, by version:
   and takes the weights as views of the decrypted buffer (``decrypt_model``), instead of
   copying and parsing a protobuf as large as the model: loading is about twice as fast.
 
-Both versions share the container below; only the version field differs, and it is covered by
+* version 3 (written for an ``.mpz`` input): the Deep Compression container
+  (``modelpress.compress.mpz``) byte for byte, so the weights stay coded in the ``.mpe`` (as
+  small as the ``.mpz``) and are decoded in memory after decryption, into one buffer that
+  onnxruntime uses in place, as for version 2.
+
+All versions share the container below; only the version field differs, and it is covered by
 the header tag and by every chunk's associated data like every other header byte.
 
 Container format (all integers big-endian)::
@@ -72,12 +77,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from modelpress._files import has_signature
-from modelpress.errors import ModelLoadError, ModelSaveError, ProtectionError, UsageError
+from modelpress.errors import CompressionError, ModelLoadError, ModelSaveError, ProtectionError, UsageError
 from modelpress.ir import io
 from modelpress.protect._sources import AnonymousBuffer, Source, open_source, output_buffer
 from modelpress.protect.keys import Key, key_id, resolve_key
 
 __all__ = [
+    "COMPRESSED_VERSION",
     "DEFAULT_CHUNK_BYTES",
     "FORMAT_VERSION",
     "MAGIC",
@@ -96,7 +102,9 @@ logger = logging.getLogger(__name__)
 MAGIC = b"\x89MPE\r\n\x1a\n"
 # The version ``encrypt_model`` writes; every version in _VERSIONS is read.
 FORMAT_VERSION = 2
-_VERSIONS = (1, 2)
+# The version of an encrypted .mpz (chosen by the input, not by format_version).
+COMPRESSED_VERSION = 3
+_VERSIONS = (1, 2, COMPRESSED_VERSION)
 # Version 2: the graph's length prefix, and the alignment of the weights section.
 _GRAPH_LENGTH = struct.Struct(">Q")
 _WEIGHTS_ALIGN = 64
@@ -213,11 +221,13 @@ def encrypt_model(
 
     Args:
         model: An ``onnx_ir`` model, or the path of an ``.onnx`` file (loaded and validated
-            with ``modelpress.ir.io.load``; its external data is embedded).
+            with ``modelpress.ir.io.load``; its external data is embedded), or the path of an
+            ``.mpz`` file (checked to decode, then encrypted as it is: version 3).
         out_path: The ``.mpe`` file to write; an existing file is replaced only on success.
         key: 32 key bytes or a ``KeySource``.
         chunk_bytes: Plaintext bytes per chunk (256 B to 64 MiB).
-        format_version: 2 (graph and weights apart, fast to load) or 1 (for older readers).
+        format_version: 2 (graph and weights apart, fast to load) or 1 (for older readers);
+            ignored for an ``.mpz`` input.
 
     Returns:
         The header written (sizes, key id).
@@ -226,16 +236,20 @@ def encrypt_model(
         UsageError: ``chunk_bytes`` or ``format_version`` is out of range.
         ProtectionError: the key is unusable, or the model is too large for one protobuf.
         ModelLoadError: ``model`` is a path that is not a valid ONNX model.
+        CompressionError: ``model`` is an ``.mpz`` file that does not decode.
         ModelSaveError: the file could not be written; nothing was left at ``out_path``.
     """
     if not _MIN_CHUNK_BYTES <= chunk_bytes <= _MAX_CHUNK_BYTES:
         raise UsageError(
             f"chunk size {chunk_bytes} is out of range; choose {_MIN_CHUNK_BYTES} to {_MAX_CHUNK_BYTES} bytes"
         )
-    if format_version not in _VERSIONS:
-        raise UsageError(f".mpe format version {format_version} cannot be written; choose one of {_VERSIONS}")
+    if format_version not in (1, 2):
+        raise UsageError(f".mpe format version {format_version} cannot be written; choose 1 or 2")
     master = resolve_key(key)
-    plaintext = _model_plaintext(model, format_version)
+    if not isinstance(model, ir.Model) and _is_mpz(model):
+        plaintext, format_version = _compressed_plaintext(model), COMPRESSED_VERSION
+    else:
+        plaintext = _model_plaintext(model, format_version)
     dest = Path(out_path)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -281,6 +295,9 @@ def decrypt_model_bytes(source: str | os.PathLike[str] | bytes, key: Key) -> byt
     header, plaintext = _decrypt(source, key)
     if header.version == 1:
         return bytes(plaintext)  # already bytes: no copy
+    if header.version == COMPRESSED_VERSION:
+        graph, weights, _ = _decode_mpz(plaintext, source)
+        return io.join_split_bytes(graph, weights)
     return io.join_split_bytes(*_split_plaintext(plaintext))
 
 
@@ -301,6 +318,9 @@ def decrypt_model(source: str | os.PathLike[str] | bytes, key: Key) -> Decrypted
     header, plaintext = _decrypt(source, key)
     if header.version == 1:
         return DecryptedModel(bytes(plaintext), {})
+    if header.version == COMPRESSED_VERSION:
+        graph, weights, views = _decode_mpz(plaintext, source)
+        return DecryptedModel(graph, views, weights)
     graph, weights = _split_plaintext(plaintext)
     return DecryptedModel(graph, io.buffer_weights(graph, weights), weights)
 
@@ -356,6 +376,37 @@ def _model_plaintext(model: ir.Model | str | os.PathLike[str], version: int) -> 
         f"the model needs over 2 GiB with its weights inline ({weights / 2**30:.2f} GiB of weights); "
         ".mpe files are loaded through one in-memory protobuf, so models this large cannot be encrypted yet"
     )
+
+
+def _is_mpz(path: str | os.PathLike[str]) -> bool:
+    from modelpress.compress.mpz import MAGIC as MPZ_MAGIC  # compress imports runtime, which imports us
+
+    return has_signature(path, MPZ_MAGIC)
+
+
+def _compressed_plaintext(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an ``.mpz`` file, checked to decode (nothing broken gets encrypted)."""
+    from modelpress.compress.mpz import load_compressed
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read the model: {e}") from e
+    load_compressed(data)
+    return data
+
+
+def _decode_mpz(
+    plaintext: bytes | memoryview, source: str | os.PathLike[str] | bytes
+) -> tuple[bytes, memoryview, dict[str, np.ndarray]]:
+    """Decode a version 3 plaintext; a container that does not decode is a ProtectionError."""
+    from modelpress.compress.mpz import decode_compressed
+
+    where = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        return decode_compressed(bytes(plaintext))
+    except (CompressionError, ModelLoadError) as e:  # authenticated, so only a key holder made it
+        raise ProtectionError(f"{where}: the decrypted .mpz container does not decode: {e}") from e
 
 
 def _split_plaintext(plaintext: bytes | memoryview) -> tuple[bytes, memoryview]:
