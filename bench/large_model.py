@@ -70,9 +70,17 @@ def worker(source: str, dest: str, verify: bool) -> None:
     seconds = time.perf_counter() - start
     done.set()
     thread.join()
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": _status("VmHWM"), "peak_anon_mb": peak_anon[0],
-                      "nodes": [report.nodes_before, report.nodes_after],
-                      "max_rel": None if report.comparison is None else report.comparison.max_rel}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": _status("VmHWM"),
+                "peak_anon_mb": peak_anon[0],
+                "nodes": [report.nodes_before, report.nodes_after],
+                "max_rel": None if report.comparison is None else report.comparison.max_rel,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -96,7 +104,9 @@ def main() -> None:
         dest = args.workdir / f"large.opt.{mode}.onnx"
         out = subprocess.run(
             [sys.executable, __file__, "--worker", str(source), str(dest), mode],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if out.returncode:
             print(f"{mode}: FAILED\n{out.stderr[-3000:]}")

@@ -48,7 +48,10 @@ g (int64 trips, float[2] x) => (float[2] y)
     optimized, _ = optimize_model(model)
     verify(optimized)
     assert "Loop" in ops(optimized)
-    feeds = {"trips": __import__("numpy").array(3, dtype="int64"), "x": __import__("numpy").ones(2, "float32")}
+    feeds = {
+        "trips": __import__("numpy").array(3, dtype="int64"),
+        "x": __import__("numpy").ones(2, "float32"),
+    }
     from modelpress.runtime.compare import compare_models
 
     assert compare_models(model, optimized, feeds=feeds).max_rel == 0.0

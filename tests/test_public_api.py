@@ -66,6 +66,7 @@ PUBLIC_API = {
     ],
     "modelpress.compress": [
         "CompressReport",
+        "FinetuneReport",
         "LayerPrune",
         "PruneReport",
         "SharedWeights",
@@ -73,6 +74,7 @@ PUBLIC_API = {
         "compress_file",
         "compress_model",
         "decompress_file",
+        "deep_compress_module",
         "is_compressed",
         "load_compressed",
         "load_compressed_model",
@@ -88,6 +90,13 @@ PUBLIC_API = {
         "is_compressed",
         "load_compressed",
         "load_compressed_model",
+    ],
+    "modelpress.compress.finetune": [
+        "EpochProgress",
+        "FinetuneLayer",
+        "FinetunePhase",
+        "FinetuneReport",
+        "deep_compress_module",
     ],
     "modelpress.quantize": ["OutputError", "QuantSpec", "QuantizeReport", "quantize_file", "quantize_model"],
 }

@@ -20,7 +20,7 @@ def _embedding_model() -> tuple[ir.Model, np.ndarray, np.ndarray]:
 
 
 def test_gather_tables_are_shared_with_embedding_bits_and_never_pruned():
-    model, table, weight = _embedding_model()
+    model, table, _ = _embedding_model()
     data, report = compress_model(model, sparsity=0.5, fc_bits=3, embedding_bits=4, dim_values={"batch": 1})
     _, arrays = load_compressed(data)
     assert np.count_nonzero(arrays["table"]) == table.size  # no entry pruned
@@ -35,6 +35,6 @@ def test_gather_tables_are_shared_with_embedding_bits_and_never_pruned():
 
 
 def test_embedding_bits_8_is_the_default():
-    model, table, _ = _embedding_model()
+    model, _, _ = _embedding_model()
     _, report = compress_model(model, dim_values={"batch": 1})
     assert {r.name: r.bits for r in report.tensors}["table"] == 8

@@ -181,3 +181,18 @@ def test_a_recipe_converts_a_torch_factory_first(tmp_path):
     assert report.stages[0].model_path == tmp_path / "out" / "model.onnx"
     assert report.stages[0].details["framework"].startswith("torch")
     assert report.stages[1].nodes <= report.stages[0].nodes
+
+
+def test_a_compress_stage_packages_an_mpz_and_protect_encrypts_it(recipe_dir, tmp_path):
+    stages = {"compress": {"sparsity": 0.25, "fc_bits": 6}, "protect": {"encrypt": True}}
+    report = deploy(_recipe(recipe_dir, stages), tmp_path / "out")
+    assert [s.stage for s in report.stages] == ["original", "compress", "protect"]
+    assert [s.model_path.name for s in report.stages[1:]] == ["model.mpz", "model.mpe"]
+    compress = report.stages[1]
+    assert compress.details["sparsity"] == 0.25 and compress.nodes == report.stages[0].nodes
+    assert compress.details["compressed_bytes"] == compress.model_bytes  # (a 206-byte model: no gain)
+    assert report.stages[2].details["encrypt"]["plaintext_bytes"] == compress.model_bytes  # still coded
+    assert load_package(tmp_path / "out" / "stages" / "compress").manifest.model == "model.mpz"
+    rows = {row["stage"]: row for row in report.summary()}
+    agreement = rows["compress"]["agreement_vs_original"]
+    assert agreement is not None and rows["protect"]["agreement_vs_original"] == agreement

@@ -1,13 +1,17 @@
-"""Deep Compression (Han et al. 2016), post-training: prune, share weights, Huffman-code.
+"""Deep Compression (Han et al. 2016): prune, share weights, Huffman-code, into ``.mpz``.
 
 ``prune`` zeroes the smallest weights of each layer; ``sharing`` clusters each layer's
 weights into a small codebook; ``mpz`` stores codebook indices and sparse positions
 entropy-coded (DEFLATE's Huffman coding) in the ``.mpz`` container, which ``load_compressed``
-decodes in memory for onnxruntime. No stage fine-tunes: their accuracy cost is reported.
+decodes in memory for onnxruntime. These ONNX-side stages do not retrain: their accuracy cost
+is reported. ``finetune.deep_compress_module`` does the paper's retraining on a torch model
+(prune + retrain, share + fine-tune the centroids) before export; ``compress_model`` then
+stores its weights exactly (torch is imported only when that function runs).
 """
 
 from __future__ import annotations
 
+from modelpress.compress.finetune import FinetuneReport, deep_compress_module
 from modelpress.compress.mpz import decompress_file, is_compressed, load_compressed, load_compressed_model
 from modelpress.compress.prune import LayerPrune, PruneReport, prune_file, prune_model
 from modelpress.compress.sharing import SharedWeights, share_weights
@@ -15,6 +19,7 @@ from modelpress.compress.workflow import CompressReport, TensorRecord, compress_
 
 __all__ = [
     "CompressReport",
+    "FinetuneReport",
     "LayerPrune",
     "PruneReport",
     "SharedWeights",
@@ -22,6 +27,7 @@ __all__ = [
     "compress_file",
     "compress_model",
     "decompress_file",
+    "deep_compress_module",
     "is_compressed",
     "load_compressed",
     "load_compressed_model",

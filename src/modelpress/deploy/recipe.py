@@ -18,6 +18,7 @@ stages:                           # run in this order; leave one out to skip it
   quantize: {mode: static, calibrator: minmax, num_samples: 512}
                                   #   max_drop: 0.01 keeps the fewest nodes float to lose <= 1 point
                                   #   of top-1 on the eval data; bias_correction: true
+  # compress: {sparsity: 0, fc_bits: 5}   # Deep Compression .mpz instead of quantize (not both)
   protect: {encrypt: true}        # key_file: K (default: a new key in the work folder)
 bench: {batch: [1, 8], threads: [2], runs: 30}
 ```
@@ -43,7 +44,7 @@ from modelpress.errors import UsageError
 __all__ = ["EXAMPLES", "STAGES", "BenchSettings", "Recipe", "load_recipe", "parse_recipe"]
 
 EXAMPLES = ("digits",)
-STAGES = ("optimize", "quantize", "protect")
+STAGES = ("optimize", "quantize", "compress", "protect")
 _MAX_RECIPE_BYTES = 1 << 20
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _STAGE_KEYS = {
@@ -61,6 +62,7 @@ _STAGE_KEYS = {
         "float_stem",
         "max_drop",
     },
+    "compress": {"sparsity", "conv_bits", "fc_bits", "embedding_bits", "min_elements"},
     "protect": {"encrypt", "key_file", "obfuscate", "opaque", "seed"},
 }
 
@@ -236,6 +238,18 @@ def _stages(value: object, base: Path, where: str) -> dict[str, dict[str, typing
             if options.get("obfuscate") is not None:
                 _choice(options["obfuscate"], ("low", "medium", "high"), f"{where}.protect.obfuscate")
         stages[stage] = options
+    if "compress" in stages:
+        if "quantize" in stages:
+            raise UsageError(
+                f"{where}: choose quantize or compress, not both (compress shares float weights; an int8 "
+                "model has none left)"
+            )
+        protect = stages.get("protect", {})
+        if protect.get("obfuscate") or protect.get("opaque"):
+            raise UsageError(
+                f"{where}.protect: an .mpz can be encrypted, not obfuscated; drop obfuscate/opaque "
+                "or compress"
+            )
     return stages
 
 

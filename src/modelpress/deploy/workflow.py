@@ -161,6 +161,9 @@ def deploy(
         elif stage == "quantize":
             path, details = _quantize(stages[-1].model_path, root, options, calib, pipeline, eval_path)
             steps.append({"step": "quantize", **options})
+        elif stage == "compress":
+            path, details = _compress(stages[-1].model_path, root, options)
+            steps.append({"step": "compress", **options})
         else:
             path, details, key, key_file = _protect(stages[-1].model_path, root, options)
             steps.append(
@@ -289,6 +292,14 @@ def _optimize(source: Path, root: Path, options: dict[str, typing.Any]) -> tuple
     return path, report.to_json()
 
 
+def _compress(source: Path, root: Path, options: dict[str, typing.Any]) -> tuple[Path, dict[str, typing.Any]]:
+    from modelpress.compress import compress_file
+
+    path = root / "model.mpz"
+    report = compress_file(source, path, **options)
+    return path, report.to_json()
+
+
 def _quantize(
     source: Path,
     root: Path,
@@ -413,9 +424,14 @@ def _protect(
 
 
 def _result(stage: str, path: Path, seconds: float, details: dict[str, typing.Any]) -> StageResult:
+    from modelpress.compress import is_compressed, load_compressed_model
     from modelpress.protect.encrypt import is_encrypted
 
-    nodes = None if is_encrypted(path) else sum(op_histogram(io.load(path)).values())
+    if is_encrypted(path):
+        nodes = None
+    else:
+        model = load_compressed_model(path) if is_compressed(path) else io.load(path)
+        nodes = sum(op_histogram(model).values())
     return StageResult(stage, path, None, path.stat().st_size, nodes, seconds, details)
 
 
