@@ -3,8 +3,8 @@
 A weight is the constant weight input of a ``Conv`` / ``ConvTranspose`` (input 1), a ``Gemm``
 (input B) or a ``MatMul`` (either input, when it is an initializer), stored as float32 or
 float16. With ``embeddings=True`` the table of a ``Gather`` (input 0) counts too, for weight
-sharing only (a pruned entry of an embedding row is simply lost); it matters: MiniLM's word
-embeddings are 54 % of its weights. Biases, normalization parameters and shape constants are
+sharing only (a pruned entry of an embedding row is simply lost); it matters: MiniLM's embedding
+tables are 53 % of its weight bytes. Biases, normalization parameters and shape constants are
 never weights: pruning or clustering them saves little and costs accuracy. Only the top-level
 graph is searched (its initializers are what the ``.mpz`` weights section holds);
 initializers that are also graph inputs can be overridden at run time and are left alone. A
