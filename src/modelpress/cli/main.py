@@ -28,6 +28,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown: a docstring's paragraphs are re-flowed to the terminal (the default keeps the
+    # source's line breaks and then wraps again, leaving ragged half lines).
+    rich_markup_mode="markdown",
 )
 # Each further verb lives in its own module under cli/ and adds itself with register(app),
 # called below (explicitly: nothing registers on import).

@@ -227,7 +227,7 @@ def deep_compress_module(
     check_bits(conv_bits, "conv_bits")
     check_bits(fc_bits, "fc_bits")
     check_min_elements(min_elements)
-    _check_training(prune_epochs, share_epochs, batch_size, lr)
+    check_training(prune_epochs, share_epochs, batch_size, lr)
     layers = _find_layers(module, conv_bits, fc_bits, min_elements)
     active = [layer for layer in layers if not layer.skipped]
     report = FinetuneReport(sparsity, conv_bits, fc_bits, min_elements)
@@ -248,7 +248,7 @@ def deep_compress_module(
     return report
 
 
-def _check_training(prune_epochs: int, share_epochs: int, batch_size: int, lr: float) -> None:
+def check_training(prune_epochs: int, share_epochs: int, batch_size: int, lr: float) -> None:
     """Raise ``UsageError`` unless epochs >= 0, batch_size >= 1 and lr > 0."""
     for value, what, least in ((prune_epochs, "prune_epochs", 0), (share_epochs, "share_epochs", 0)):
         if not (isinstance(value, int) and value >= least):

@@ -8,15 +8,23 @@ scikit-learn and skl2onnx are optional extras, imported only when a source needs
 
 from __future__ import annotations
 
-from modelpress.convert.source import InputSpec, load_source, parse_input_spec
-from modelpress.convert.workflow import DEFAULT_RTOL, PROBABILITY_ATOL, ConversionReport, convert_file
+from modelpress.convert.source import InputSpec, Source, load_source, parse_input_spec
+from modelpress.convert.workflow import (
+    DEFAULT_RTOL,
+    PROBABILITY_ATOL,
+    ConversionReport,
+    convert_file,
+    convert_source,
+)
 
 __all__ = [
     "DEFAULT_RTOL",
     "PROBABILITY_ATOL",
     "ConversionReport",
     "InputSpec",
+    "Source",
     "convert_file",
+    "convert_source",
     "load_source",
     "parse_input_spec",
 ]

@@ -37,7 +37,7 @@ from modelpress.errors import ConversionError, InvalidModelError, ModelLoadError
 from modelpress.ir import io
 from modelpress.ir.stats import ValueSummary, model_stats
 
-__all__ = ["DEFAULT_RTOL", "PROBABILITY_ATOL", "ConversionReport", "convert_file"]
+__all__ = ["DEFAULT_RTOL", "PROBABILITY_ATOL", "ConversionReport", "convert_file", "convert_source"]
 
 DEFAULT_RTOL = 1e-4
 # Class probabilities live in [0, 1]: an absolute bound is the meaningful one. float32
@@ -122,6 +122,51 @@ def convert_file(
     if rtol < 0:
         raise UsageError(f"rtol {rtol} is negative; give a tolerance >= 0")
     src = load_source(source, trust_pickle=trust_pickle)
+    return convert_source(
+        src,
+        output,
+        example_inputs=specs,
+        dynamic_batch=dynamic_batch,
+        output_names=output_names,
+        rtol=rtol,
+        seed=seed,
+        started=start,
+    )
+
+
+def convert_source(
+    src: Source,
+    output: str | os.PathLike[str],
+    *,
+    example_inputs: collections.abc.Sequence[str | InputSpec] = (),
+    dynamic_batch: bool = True,
+    output_names: collections.abc.Sequence[str] | None = None,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+    started: float | None = None,
+) -> ConversionReport:
+    """``convert_file`` for a source already in memory (``load_source``, or a live module).
+
+    For callers that change a model before exporting it (``compress.retrain`` retrains a
+    torch module): the same export, checks against the source and atomic write.
+
+    Args:
+        src: The resolved source (``Source(kind, obj, description)``).
+        output: Destination ``.onnx`` path; written only when every check passed.
+        example_inputs: As ``convert_file``.
+        dynamic_batch: As ``convert_file``.
+        output_names: As ``convert_file``.
+        rtol: As ``convert_file``.
+        seed: As ``convert_file``.
+        started: ``time.perf_counter()`` when the work began (default: now), for the report.
+
+    Raises:
+        As ``convert_file``, except the errors of reading a source.
+    """
+    start = time.perf_counter() if started is None else started
+    specs = _parse_specs(example_inputs)
+    if rtol < 0:
+        raise UsageError(f"rtol {rtol} is negative; give a tolerance >= 0")
     with tempfile.TemporaryDirectory(prefix="modelpress-convert-") as tmp:
         if src.kind == "torch":
             converted = _convert_torch(src, specs, Path(tmp), dynamic_batch, output_names, rtol, seed)
