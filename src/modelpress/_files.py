@@ -1,13 +1,18 @@
-"""Small file helpers: the user's configuration files (recipes, pipelines), file signatures."""
+"""Small file helpers: the user's configuration files (recipes, pipelines), signatures, atomic writes."""
 
 from __future__ import annotations
 
+import collections.abc
 import os
+import tempfile
+import typing
 from pathlib import Path
 
-from modelpress.errors import UsageError
+from modelpress.errors import ModelSaveError, UsageError
 
-__all__ = ["has_signature", "read_small_text"]
+__all__ = ["has_signature", "read_small_text", "write_atomically"]
+
+_T = typing.TypeVar("_T")
 
 
 def has_signature(path: str | os.PathLike[str], magic: bytes) -> bool:
@@ -40,3 +45,33 @@ def read_small_text(path: str | os.PathLike[str], limit: int, what: str) -> str:
         raise UsageError(f"{file}: cannot read the {what}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise UsageError(f"{file}: the {what} is not UTF-8 text") from e
+
+
+def write_atomically(dest: Path, write: collections.abc.Callable[[typing.BinaryIO], _T], what: str) -> _T:
+    """Write ``dest`` through ``write(file)`` into a temporary file beside it, synced, then renamed.
+
+    A reader sees the old file or the complete new one, never a partial one; on any failure
+    nothing is left at ``dest`` (a previous file there stays as it was).
+
+    Args:
+        dest: The file to write.
+        write: Writes the content into the open binary file; its result is returned.
+        what: What the file is, for the message (``the compressed model``).
+
+    Raises:
+        ModelSaveError: the folder or file could not be written.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp") as tmp:
+            staged = Path(tmp) / dest.name
+            with staged.open("wb") as file:
+                result = write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(staged, dest)
+    except OSError as e:
+        raise ModelSaveError(
+            f"{dest}: cannot write {what}: {e}; check that the folder is writable and has space"
+        ) from e
+    return result

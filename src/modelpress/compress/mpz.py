@@ -48,17 +48,16 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from modelpress._files import has_signature
+from modelpress._files import has_signature, write_atomically
 from modelpress.compress import _coding
 from modelpress.compress._header import Entry, parse_entries, parse_header
-from modelpress.errors import CompressionError, ModelLoadError, ModelSaveError
+from modelpress.errors import CompressionError, ModelLoadError
 from modelpress.ir import io
 
 __all__ = [
@@ -161,19 +160,7 @@ def write_atomic(dest: Path, data: bytes) -> None:
     Raises:
         ModelSaveError: writing failed; any previous file at ``dest`` is untouched.
     """
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp") as tmp:
-            staged = Path(tmp) / dest.name
-            with staged.open("wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(staged, dest)
-    except OSError as e:
-        raise ModelSaveError(
-            f"{dest}: cannot write the compressed model: {e}; check that the folder is writable and has space"
-        ) from e
+    write_atomically(dest, lambda file: file.write(data), "the compressed model")
 
 
 def _read(source: Source) -> tuple[bytes, str]:

@@ -62,7 +62,6 @@ import logging
 import mmap
 import os
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +75,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from modelpress._files import has_signature
+from modelpress._files import has_signature, write_atomically
 from modelpress.errors import CompressionError, ModelLoadError, ModelSaveError, ProtectionError, UsageError
 from modelpress.ir import io
 from modelpress.protect._sources import AnonymousBuffer, Source, open_source, output_buffer
@@ -250,20 +249,12 @@ def encrypt_model(
         plaintext, format_version = _compressed_plaintext(model), COMPRESSED_VERSION
     else:
         plaintext = _model_plaintext(model, format_version)
+    header = write_atomically(
+        Path(out_path),
+        lambda file: _write_container(file, plaintext, master, chunk_bytes, format_version),
+        "the encrypted model",
+    )
     dest = Path(out_path)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp") as tmp:
-            staged = Path(tmp) / dest.name
-            with staged.open("wb") as file:
-                header = _write_container(file, plaintext, master, chunk_bytes, format_version)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(staged, dest)
-    except OSError as e:
-        raise ModelSaveError(
-            f"{dest}: cannot write the encrypted model: {e}; check that the folder is writable and has space"
-        ) from e
     logger.info(
         "encrypted %d bytes into %s (%d chunks, key id %s)",
         header.plaintext_bytes,
