@@ -1,4 +1,4 @@
-"""A small graph builder on onnx_ir for examples and tests.
+"""A small graph builder on onnx_ir for examples and tests, and ``add_initializer`` for passes.
 
 onnx_ir builds graphs from ``ir.node`` and ``ir.Value`` objects; this wrapper only removes the
 bookkeeping (collecting nodes and initializers, naming values, creating the model), so a test
@@ -18,7 +18,19 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-__all__ = ["GraphBuilder"]
+__all__ = ["GraphBuilder", "add_initializer"]
+
+
+def add_initializer(graph: ir.Graph, name: str, data: np.ndarray | ir.TensorProtocol) -> ir.Value:
+    """Register ``data`` (an array or a tensor) as initializer ``name`` of ``graph``, typed and shaped.
+
+    The caller picks a free name (``register_initializer`` refuses a taken one).
+    """
+    tensor = ir.tensor(data, name=name) if isinstance(data, np.ndarray) else data
+    shape = ir.Shape(tensor.shape.numpy())  # a tensor's shape is static
+    value = ir.Value(name=name, const_value=tensor, type=ir.TensorType(tensor.dtype), shape=shape)
+    graph.register_initializer(value)
+    return value
 
 
 class GraphBuilder:

@@ -36,6 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from modelpress.errors import UsageError
+from modelpress.ir.build import add_initializer
 from modelpress.quantize.plan import QuantPlan, build_plan
 from modelpress.quantize.qdq import apply_plan, quantize_weight
 from modelpress.quantize.spec import QuantSpec
@@ -252,9 +253,7 @@ def _replace_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray
     while name in taken:
         count += 1
         name = f"{base}_{count}"
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.type, value.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(array.shape)
-    graph.register_initializer(value)
+    value = add_initializer(graph, name, array.astype(np.float32, copy=False))
     old = node.inputs[index]
     node.replace_input_with(index, value)
     if old is not None and not old.uses() and not old.is_graph_output() and old.name in graph.initializers:

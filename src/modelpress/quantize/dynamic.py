@@ -51,6 +51,7 @@ import typing
 import numpy as np
 import onnx_ir as ir
 
+from modelpress.ir.build import add_initializer
 from modelpress.quantize.plan import QuantPlan, WeightSite
 from modelpress.quantize.qdq import QdqStats, _Names, quantize_weight
 from modelpress.quantize.spec import QuantSpec
@@ -81,11 +82,7 @@ class _DynamicRewriter:
         self.split_sizes_as_input = opset >= 13  # Split-13 takes the sizes as an input
 
     def const(self, base: str, array: np.ndarray) -> ir.Value:
-        name = self.names(base)
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        value.type, value.shape = ir.TensorType(ir.DataType.from_numpy(array.dtype)), ir.Shape(array.shape)
-        self.graph.register_initializer(value)
-        return value
+        return add_initializer(self.graph, self.names(base), array)
 
     def op(
         self,

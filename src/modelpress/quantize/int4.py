@@ -45,6 +45,7 @@ import numpy as np
 import onnx_ir as ir
 
 from modelpress.errors import PreconditionError, UsageError
+from modelpress.ir.build import add_initializer
 from modelpress.quantize.blockwise import BlockQuantized, pack_int4, quantize_blocks, to_matmul_nbits
 from modelpress.quantize.gptq import collect_hessians, gptq_quantize, inverse_factor
 from modelpress.quantize.plan import node_label
@@ -87,10 +88,7 @@ class _Int4Rewriter:
             tensor: ir.TensorProtocol = ir.PackedTensor(pack_int4(array), dtype, shape=shape, name=name)
         else:
             tensor = ir.tensor(array, name=name)
-        value = ir.Value(name=name, const_value=tensor)
-        value.type, value.shape = ir.TensorType(tensor.dtype), ir.Shape(array.shape)
-        self.graph.register_initializer(value)
-        return value
+        return add_initializer(self.graph, name, tensor)
 
     def node(
         self,

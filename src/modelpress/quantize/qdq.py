@@ -40,6 +40,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from modelpress.ir.build import add_initializer
 from modelpress.quantize.plan import QuantPlan
 from modelpress.quantize.spec import QuantSpec
 
@@ -130,11 +131,7 @@ class _Rewriter:
         self.weight_cache: dict[tuple[int, int | None], tuple[ir.Value, np.ndarray]] = {}
 
     def const(self, base: str, array: np.ndarray) -> ir.Value:
-        name = self.names(base)
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        value.type, value.shape = ir.TensorType(ir.DataType.from_numpy(array.dtype)), ir.Shape(array.shape)
-        self.graph.register_initializer(value)
-        return value
+        return add_initializer(self.graph, self.names(base), array)
 
     def node(
         self,
