@@ -66,6 +66,7 @@ PUBLIC_API = {
     ],
     "modelpress.compress": [
         "CompressReport",
+        "DistillReport",
         "FinetuneReport",
         "LayerPrune",
         "PruneReport",
@@ -75,11 +76,14 @@ PUBLIC_API = {
         "compress_model",
         "decompress_file",
         "deep_compress_module",
+        "distill",
+        "distill_to_onnx",
         "is_compressed",
         "load_compressed",
         "load_compressed_model",
         "prune_file",
         "prune_model",
+        "retrain_and_compress",
         "share_weights",
     ],
     "modelpress.compress.mpz": [

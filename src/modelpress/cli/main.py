@@ -199,9 +199,21 @@ def list_passes() -> None:
 
 
 def _register_verbs() -> None:
-    from modelpress.cli import bench, compress, convert, deploy, package, protect, quantize, run, serve
+    from modelpress.cli import (
+        bench,
+        compress,
+        convert,
+        deploy,
+        distill,
+        package,
+        protect,
+        quantize,
+        run,
+        serve,
+    )
 
-    verbs = (convert, protect, run, quantize, compress, package, bench, serve, deploy)  # one module per verb
+    # one module per verb
+    verbs = (convert, protect, run, quantize, compress, distill, package, bench, serve, deploy)
     for verb in verbs:
         verb.register(app)
 

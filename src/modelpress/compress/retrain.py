@@ -57,7 +57,7 @@ from modelpress.quantize.data import LABELS_KEY, EvalData
 if typing.TYPE_CHECKING:
     import torch
 
-__all__ = ["retrain_and_compress"]
+__all__ = ["retrain_and_compress", "specs_from_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def retrain_and_compress(
         )
     folder = Path(data_dir)
     specs = [s if isinstance(s, InputSpec) else parse_input_spec(s) for s in example_inputs]
-    spec = _one_float_input(specs or _specs_from_data(folder))
+    spec = _one_float_input(specs or specs_from_data(folder))
     src = load_source(source, trust_pickle=trust_pickle)
     if src.kind != "torch":
         raise UsageError(f"{src.description}: retraining needs a torch.nn.Module, got a {src.kind} model")
@@ -191,7 +191,7 @@ def _one_float_input(specs: list[InputSpec]) -> InputSpec:
     return spec
 
 
-def _specs_from_data(folder: Path) -> list[InputSpec]:
+def specs_from_data(folder: Path) -> list[InputSpec]:
     """The example input read off the first ``.npz``: its one non-label array, axis 0 the batch."""
     first = min(folder.glob("*.npz"), default=None) if folder.is_dir() else None
     if first is None:
