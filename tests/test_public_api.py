@@ -102,6 +102,18 @@ PUBLIC_API = {
         "FinetuneReport",
         "deep_compress_module",
     ],
+    "modelpress.plan": [
+        "GPUS",
+        "Gpu",
+        "GpuPlan",
+        "ModelCost",
+        "NodeCost",
+        "PlanReport",
+        "RooflineParams",
+        "UnknownNode",
+        "model_cost",
+        "plan_model",
+    ],
     "modelpress.quantize": ["OutputError", "QuantSpec", "QuantizeReport", "quantize_file", "quantize_model"],
 }
 

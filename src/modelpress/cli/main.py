@@ -206,6 +206,7 @@ def _register_verbs() -> None:
         deploy,
         distill,
         package,
+        plan,
         protect,
         quantize,
         run,
@@ -213,7 +214,7 @@ def _register_verbs() -> None:
     )
 
     # one module per verb
-    verbs = (convert, protect, run, quantize, compress, distill, package, bench, serve, deploy)
+    verbs = (convert, protect, run, quantize, compress, distill, package, bench, serve, deploy, plan)
     for verb in verbs:
         verb.register(app)
 
