@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from modelpress.cli._output import console, emit, err_console, fail
+from modelpress.cli.compress import THREADS_HELP, torch_threads
 from modelpress.errors import ModelpressError
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def distill(
     epochs: Annotated[int, typer.Option(help="Passes over the transfer set.")] = 30,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 3e-3,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=_TRUST_HELP)] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Knowledge distillation: train a small torch student on a teacher's soft targets.
@@ -76,7 +78,7 @@ def distill(
     from modelpress.compress.distill import distill_to_onnx
 
     try:
-        with _epoch_progress(enabled=not as_json) as progress:
+        with torch_threads(threads), _epoch_progress(enabled=not as_json) as progress:
             report, conversion = distill_to_onnx(
                 teacher,
                 student,
