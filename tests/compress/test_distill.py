@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from modelpress.cli.main import app
 from modelpress.errors import UsageError
+from tests.compress._digits import one_torch_thread, trained_digits  # noqa: F401 (an autouse fixture)
+from tests.compress._digits import run as _run
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -24,61 +22,25 @@ FACTORY = "distill_factories"
 # undertrained; this budget converges in well under a second on one thread.
 TRAINING = {"temperature": 4.0, "alpha": 0.7, "epochs": 20, "lr": 1e-2}
 
-_FACTORIES = '''
-"""Factories for test_distill.py: the trained digits CNN (teacher) and a small MLP (student)."""
-import torch
-from torch import nn
-
-from modelpress.examples.digits import build_digits_cnn
-
-
-def teacher():
-    module = build_digits_cnn()
-    module.load_state_dict(torch.load({weights!r}, weights_only=True))
-    return module.eval()
-
+_STUDENT = """
 
 def student():
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-'''
-
-
-def _run(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread, as test_finetune.py: on a busy 2-core machine torch's spinning worker
-    threads make these tiny trainings up to 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+"""
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """(root, split): factory module, train/ and eval/ .npz folders, x_test.npy, teacher.onnx."""
-    from modelpress.examples.digits import load_digits_split, train_digits_cnn
-
-    root = tmp_path_factory.mktemp("distill")
-    split = load_digits_split()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        torch.save(train_digits_cnn(split).state_dict(), root / "digits.pt")
-    (root / f"{FACTORY}.py").write_text(textwrap.dedent(_FACTORIES.format(weights=str(root / "digits.pt"))))
-    for name, x, y in (("train", split.x_train, split.y_train), ("eval", split.x_test, split.y_test)):
-        (root / name).mkdir()
-        np.savez(root / name / "digits.npz", image=x, labels=y)
-    np.save(root / "x_test.npy", split.x_test)
-    with pytest.MonkeyPatch.context() as patch:  # the factory module importable for the whole file
-        patch.syspath_prepend(str(root))
-        result = _run("convert", f"{FACTORY}:teacher", "-o", root / "teacher.onnx", "-i", "image=1x1x8x8")
-        assert result.exit_code == 0, result.output
+    docstring = "Factories for test_distill.py: the trained digits CNN (teacher) and a small MLP (student)."
+    setup = trained_digits(
+        tmp_path_factory, "distill", FACTORY, docstring, "teacher", _STUDENT, "teacher.onnx"
+    )
+    with setup as (root, split):
+        (root / "eval").mkdir()
+        np.savez(root / "eval" / "digits.npz", image=split.x_test, labels=split.y_test)
         yield root, split
-    sys.modules.pop(FACTORY, None)
 
 
 def _factories():

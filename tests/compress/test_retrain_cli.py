@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from modelpress.cli.main import app
+from tests.compress._digits import one_torch_thread, trained_digits  # noqa: F401 (an autouse fixture)
+from tests.compress._digits import run as _run
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -20,19 +18,7 @@ pytestmark = pytest.mark.torch
 FACTORY = "retrain_cli_factories"
 SPARSITY = 0.8
 
-_FACTORIES = '''
-"""Factories for test_retrain_cli.py: the trained digits CNN, and a Conv + BatchNorm network."""
-import torch
-from torch import nn
-
-from modelpress.examples.digits import build_digits_cnn
-
-
-def digits():
-    module = build_digits_cnn()
-    module.load_state_dict(torch.load({weights!r}, weights_only=True))
-    return module.eval()
-
+_CONV_BN = """
 
 def conv_bn():
     torch.manual_seed(0)
@@ -47,44 +33,17 @@ def conv_bn():
             norm.running_var.uniform_(0.5, 2.0)
             norm.weight.uniform_(0.5, 1.5)
     return module.eval()
-'''
-
-
-def _run(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread, as test_finetune.py: on a busy 2-core machine torch's spinning worker
-    threads make these tiny trainings up to 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+"""
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Folder with the factory module, train data (.npz + labels), held-out x/y and the fp32 .onnx."""
-    from modelpress.examples.digits import load_digits_split, train_digits_cnn
-
-    root = tmp_path_factory.mktemp("retrain")
-    split = load_digits_split()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        torch.save(train_digits_cnn(split).state_dict(), root / "digits.pt")
-    (root / f"{FACTORY}.py").write_text(textwrap.dedent(_FACTORIES.format(weights=str(root / "digits.pt"))))
-    (root / "train").mkdir()
-    np.savez(root / "train" / "digits.npz", image=split.x_train, labels=split.y_train)
-    np.save(root / "x_test.npy", split.x_test)
-    np.save(root / "y_test.npy", split.y_test)
-    with pytest.MonkeyPatch.context() as patch:  # the factory module importable for the whole file
-        patch.syspath_prepend(str(root))
-        result = _run("convert", f"{FACTORY}:digits", "-o", root / "fp32.onnx", "-i", "image=1x1x8x8")
-        assert result.exit_code == 0, result.output
+    docstring = "Factories for test_retrain_cli.py: the trained digits CNN, and a Conv + BatchNorm network."
+    setup = trained_digits(tmp_path_factory, "retrain", FACTORY, docstring, "digits", _CONV_BN, "fp32.onnx")
+    with setup as (root, split):
+        np.save(root / "y_test.npy", split.y_test)
         yield root
-    sys.modules.pop(FACTORY, None)
 
 
 def _accuracy(model, root, tmp_path) -> float:

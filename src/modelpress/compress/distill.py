@@ -50,18 +50,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from modelpress.convert import (
-    ConversionReport,
-    InputSpec,
-    Source,
-    convert_source,
-    load_source,
-    parse_input_spec,
-)
+from modelpress.compress import _torch_io
+from modelpress.convert import ConversionReport, InputSpec, convert_source, parse_input_spec
 from modelpress.errors import UsageError
 from modelpress.ir import io
 from modelpress.ir.stats import model_stats
-from modelpress.quantize.data import EvalData
 from modelpress.runtime.session import create_session, run_session
 
 if typing.TYPE_CHECKING:
@@ -478,22 +471,18 @@ def distill_to_onnx(
         ModelLoadError: the ONNX teacher cannot be read.
         ConversionError, NumericMismatchError: the student's export failed or differs from torch.
     """
-    from modelpress.compress.retrain import specs_from_data
-
     _check_options(temperature, alpha, epochs, lr, 64)
-    if Path(student).suffix.lower() == ".onnx":
-        raise UsageError(
-            f"{student}: the student is trained, so it must be a torch module: give "
-            "package.module:factory or a saved .pt (the teacher may be ONNX)"
-        )
+    _torch_io.refuse_onnx(student, "student")
     specs = [s if isinstance(s, InputSpec) else parse_input_spec(s) for s in example_inputs]
-    spec = _one_float_input(specs or specs_from_data(Path(data_dir)))
+    spec = _torch_io.one_float_input(specs or _torch_io.specs_from_data(Path(data_dir)), "distillation")
     teacher_obj: Teacher = Path(teacher)
     if Path(teacher).suffix.lower() != ".onnx":
-        teacher_obj = _torch_source(teacher, "teacher", trust_pickle).obj
-    student_src = _torch_source(student, "student", trust_pickle)
-    inputs, labels = _read(Path(data_dir), spec)
-    eval_inputs, eval_labels = _read(Path(eval_dir), spec) if eval_dir is not None else (None, None)
+        teacher_obj = _torch_io.torch_source(teacher, "teacher", trust_pickle=trust_pickle).obj
+    student_src = _torch_io.torch_source(student, "student", trust_pickle=trust_pickle)
+    inputs, labels = _torch_io.read_npz_data(Path(data_dir), spec, labels=False)
+    eval_inputs, eval_labels = (
+        _torch_io.read_npz_data(Path(eval_dir), spec, labels=False) if eval_dir is not None else (None, None)
+    )
     report = distill(
         teacher_obj,
         student_src.obj,
@@ -509,30 +498,3 @@ def distill_to_onnx(
     )
     conversion = convert_source(student_src, dst, example_inputs=[spec])
     return report, conversion
-
-
-def _one_float_input(specs: list[InputSpec]) -> InputSpec:
-    if len(specs) != 1 or specs[0].dtype != "float32" or not specs[0].shape:
-        given = ", ".join(str(s) for s in specs) or "none"
-        raise UsageError(
-            f"distillation feeds one float32 batch [N, ...]; give one NAME=1x...:float32 (got {given})"
-        )
-    return specs[0]
-
-
-def _torch_source(source: str | os.PathLike[str], role: str, trust_pickle: bool) -> Source:
-    src = load_source(source, trust_pickle=trust_pickle)
-    if src.kind != "torch":
-        raise UsageError(f"{src.description}: the {role} must be a torch.nn.Module, got a {src.kind} model")
-    return src
-
-
-def _read(folder: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray | None]:
-    """Every input of ``folder`` (and the labels, if the files have them), checked by ``EvalData``."""
-    shape = ir.Shape([ir.SymbolicDim("batch"), *spec.shape[1:]])
-    value = ir.Value(name=spec.name, shape=shape, type=ir.TensorType(ir.DataType.FLOAT))
-    data = EvalData(folder, ir.Model(ir.Graph([value], [], nodes=[], opset_imports={"": 17}), ir_version=10))
-    batches = list(data)
-    inputs = np.concatenate([feeds[spec.name] for feeds, _ in batches])
-    labels = np.concatenate([y for _, y in batches if y is not None]) if data.has_labels else None
-    return inputs, labels

@@ -37,22 +37,27 @@ import logging
 import os
 import tempfile
 import typing
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 from modelpress.compress import mpz
+from modelpress.compress._torch_io import (
+    one_float_input,
+    read_npz_data,
+    refuse_onnx,
+    specs_from_data,
+    torch_source,
+)
 from modelpress.compress._weights import find_weights
 from modelpress.compress.finetune import EpochProgress, FinetuneReport, check_training, deep_compress_module
 from modelpress.compress.prune import DEFAULT_MIN_ELEMENTS, check_min_elements, check_sparsity
 from modelpress.compress.sharing import DEFAULT_CONV_BITS, DEFAULT_EMBEDDING_BITS, DEFAULT_FC_BITS
 from modelpress.compress.workflow import CompressReport, check_bits, compress_model
-from modelpress.convert import InputSpec, Source, convert_source, load_source, parse_input_spec
-from modelpress.errors import CalibrationError, PreconditionError, UsageError
+from modelpress.convert import InputSpec, Source, convert_source, parse_input_spec
+from modelpress.errors import PreconditionError
 from modelpress.ir import io
-from modelpress.quantize.data import LABELS_KEY, EvalData
 
 if typing.TYPE_CHECKING:
     import torch
@@ -113,18 +118,13 @@ def retrain_and_compress(
         ModelSaveError: ``dst`` could not be written.
     """
     _check_options(sparsity, conv_bits, fc_bits, embedding_bits, min_elements, prune_epochs, share_epochs, lr)
-    if Path(os.fspath(source)).suffix.lower() == ".onnx":
-        raise UsageError(
-            f"{os.fspath(source)}: retraining needs the torch model, not ONNX; give the module as "
-            "package.module:factory or a saved .pt (or drop --retrain to compress the ONNX post-training)"
-        )
+    refuse_onnx(source, "retraining")
     folder = Path(data_dir)
     specs = [s if isinstance(s, InputSpec) else parse_input_spec(s) for s in example_inputs]
-    spec = _one_float_input(specs or specs_from_data(folder))
-    src = load_source(source, trust_pickle=trust_pickle)
-    if src.kind != "torch":
-        raise UsageError(f"{src.description}: retraining needs a torch.nn.Module, got a {src.kind} model")
-    inputs, labels = _read_training_data(folder, spec)
+    spec = one_float_input(specs or specs_from_data(folder), "retraining")
+    src = torch_source(source, "retraining", trust_pickle=trust_pickle)
+    inputs, labels = read_npz_data(folder, spec, labels=True)
+    logger.info("read %d labelled training samples from %s", len(inputs), folder)
     module, fold_note = _fold_batchnorm(src.obj)
     finetune = deep_compress_module(
         module,
@@ -175,72 +175,6 @@ def _check_options(
         check_bits(bits, what)
     check_min_elements(min_elements)
     check_training(prune_epochs, share_epochs, 1, lr)
-
-
-def _one_float_input(specs: list[InputSpec]) -> InputSpec:
-    """The single float32, batched input that ``deep_compress_module`` feeds."""
-    if len(specs) != 1:
-        raise UsageError(
-            f"retraining feeds one input tensor (forward(x)); {len(specs)} example inputs were given"
-        )
-    spec = specs[0]
-    if spec.dtype != "float32" or not spec.shape:
-        raise UsageError(
-            f"example input {spec}: retraining feeds float32 batches [N, ...]; give NAME=1x...:float32"
-        )
-    return spec
-
-
-def specs_from_data(folder: Path) -> list[InputSpec]:
-    """The example input read off the first ``.npz``: its one non-label array, axis 0 the batch."""
-    first = min(folder.glob("*.npz"), default=None) if folder.is_dir() else None
-    if first is None:
-        what = "does not exist" if not folder.exists() else "holds no .npz file"
-        raise CalibrationError(
-            f"training data folder '{folder}' {what}; save the inputs and their labels per file with "
-            f"numpy.savez(f, x=inputs, {LABELS_KEY}=classes)"
-        )
-    try:
-        with zipfile.ZipFile(first) as archive:
-            names = [m[: -len(".npy")] for m in archive.namelist() if m.endswith(".npy")]
-        keys = [name for name in names if name != LABELS_KEY]
-        if len(keys) != 1:
-            raise UsageError(
-                f"{first}: holds {len(keys)} input arrays ({', '.join(keys) or 'none'}); give "
-                "--example-input NAME=1x... for the one forward() takes"
-            )
-        with np.load(first, allow_pickle=False) as arrays:
-            shape = arrays[keys[0]].shape
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CalibrationError(f"{first}: cannot read the file: {e}; re-save it with numpy.savez") from e
-    if len(shape) < 2:
-        raise UsageError(
-            f"{first}: '{keys[0]}' has shape {list(shape)}; give --example-input NAME=1x... (a batch of one)"
-        )
-    return [InputSpec(keys[0], (1, *shape[1:]))]
-
-
-def _read_training_data(folder: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    """All inputs and labels of ``folder``, checked against ``spec`` by ``EvalData``."""
-    batch = ir.SymbolicDim("batch")
-    value = ir.Value(
-        name=spec.name, shape=ir.Shape([batch, *spec.shape[1:]]), type=ir.TensorType(ir.DataType.FLOAT)
-    )
-    # EvalData reads against a model's graph inputs: this one has just the input to train on.
-    interface = ir.Model(ir.Graph([value], [], nodes=[], opset_imports={"": 17}), ir_version=10)
-    data = EvalData(folder, interface)
-    if not data.has_labels:
-        raise CalibrationError(
-            f"training data folder '{folder}' has no '{LABELS_KEY}' array: retraining needs the class of "
-            f"every sample; save each file as numpy.savez(f, {spec.name}=inputs, {LABELS_KEY}=classes)"
-        )
-    inputs, labels = [], []
-    for feeds, batch_labels in data:
-        assert batch_labels is not None  # has_labels: every file carries them
-        inputs.append(feeds[spec.name])
-        labels.append(batch_labels)
-    logger.info("read %d labelled training samples from %s", len(data), folder)
-    return np.concatenate(inputs), np.concatenate(labels)
 
 
 def _fold_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
