@@ -1,6 +1,7 @@
 """Deep Compression (Han et al. 2016): prune, share weights, Huffman-code, into ``.mpz``.
 
-``prune`` zeroes the smallest weights of each layer; ``sharing`` clusters each layer's
+``prune`` zeroes the smallest weights of each layer (``structured`` instead removes whole
+hidden channels, so the network shrinks); ``sharing`` clusters each layer's
 weights into a small codebook; ``mpz`` stores codebook indices and sparse positions
 entropy-coded (DEFLATE's Huffman coding) in the ``.mpz`` container, which ``load_compressed``
 decodes in memory for onnxruntime. These ONNX-side stages do not retrain: their accuracy cost
@@ -19,15 +20,18 @@ from modelpress.compress.mpz import decompress_file, is_compressed, load_compres
 from modelpress.compress.prune import LayerPrune, PruneReport, prune_file, prune_model
 from modelpress.compress.retrain import retrain_and_compress
 from modelpress.compress.sharing import SharedWeights, share_weights
+from modelpress.compress.structured import GroupPrune, StructuredReport, prune_channels, prune_channels_file
 from modelpress.compress.workflow import CompressReport, TensorRecord, compress_file, compress_model
 
 __all__ = [
     "CompressReport",
     "DistillReport",
     "FinetuneReport",
+    "GroupPrune",
     "LayerPrune",
     "PruneReport",
     "SharedWeights",
+    "StructuredReport",
     "TensorRecord",
     "compress_file",
     "compress_model",
@@ -38,6 +42,8 @@ __all__ = [
     "is_compressed",
     "load_compressed",
     "load_compressed_model",
+    "prune_channels",
+    "prune_channels_file",
     "prune_file",
     "prune_model",
     "retrain_and_compress",

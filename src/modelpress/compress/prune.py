@@ -34,8 +34,9 @@ __all__ = ["DEFAULT_MIN_ELEMENTS", "LayerPrune", "PruneReport", "prune_file", "p
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_ELEMENTS = 1024
-# Seeds of the random inputs the pruned model is compared on (as optimize's check).
-_SEEDS = (0, 1, 2)
+# Seeds of the random inputs a pruned model is compared on (as optimize's check; also
+# structured.prune_channels_file).
+ERROR_SEEDS = (0, 1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +199,7 @@ def prune_file(
     check_min_elements(min_elements)
     model = io.load(src)
     report = prune_model(model, sparsity, min_elements=min_elements)
-    report.comparison = compare_models(Path(src), model, seeds=_SEEDS, dim_values=dim_values)
+    report.comparison = compare_models(Path(src), model, seeds=ERROR_SEEDS, dim_values=dim_values)
     report.output_path = io.save(model, dst)
     report.seconds = time.perf_counter() - start
     return report

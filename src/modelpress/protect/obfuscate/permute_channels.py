@@ -60,13 +60,16 @@ def derangement(rng: np.random.Generator, size: int) -> np.ndarray:
             return order
 
 
-def permuted(array: np.ndarray, site: Site, order: np.ndarray) -> np.ndarray:
+def permuted(array: np.ndarray, site: Site, order: np.ndarray, channels: int | None = None) -> np.ndarray:
     """``array`` with its entries along ``site.axis`` taken in ``order``.
 
-    A broadcast constant with one entry (or no axis) there is the same for every channel and
-    is returned as is.
+    ``channels`` is the group's channel count (default ``len(order)``: ``order`` is a
+    permutation); an ``order`` of fewer distinct indices keeps only those channels (structured
+    pruning, ``compress.structured``). A broadcast constant with one entry (or no axis) there
+    is the same for every channel and is returned as is.
     """
-    if not -array.ndim <= site.axis < array.ndim or array.shape[site.axis] != len(order):
+    expected = len(order) if channels is None else channels
+    if not -array.ndim <= site.axis < array.ndim or array.shape[site.axis] != expected:
         return array
     return np.take(array, order, axis=site.axis)
 
