@@ -109,6 +109,23 @@ def test_conv_relu_conv_removes_the_lowest_l1_channels_exactly():
     assert_equivalent(_zeroed(model, ["conv1.w", "conv1.b"], WEAK), pruned, rtol=1e-5)
 
 
+def test_multiple_of_rounds_the_kept_channels_down():
+    b = GraphBuilder()
+    x = b.input("x", F32, [1, 3, 8, 8])
+    h = b.op("Relu", _conv(b, x, _rand(24, 3, 3, 3), "conv1"))
+    model = b.build([_conv(b, h, _rand(4, 24, 3, 3), "conv2")])
+    _, report = _pruned(model, 0.25)  # 24 -> 18
+    assert report.groups[0].channels_after == 18
+    rounded, report = _pruned(model, 0.25, multiple_of=8)  # 18 -> 16
+    assert report.groups[0].channels_after == 16 and _initializer(rounded, "conv1.w").shape[0] == 16
+    _, report = _pruned(model, 0.9, multiple_of=8)  # never below one multiple
+    assert report.groups[0].channels_after == 8
+    _, report = _pruned(model, 0.1, multiple_of=16)  # 24 -> 22 -> 16
+    assert report.groups[0].channels_after == 16
+    with pytest.raises(UsageError, match="multiple_of"):
+        prune_channels(model.clone(), 0.5, multiple_of=0)
+
+
 def test_a_residual_block_prunes_both_sides_of_the_add_alike():
     model = residual_block()
     pruned, report = _pruned(model, min_channels=8)

@@ -141,7 +141,7 @@ def check_min_channels(min_channels: int) -> None:
 
 
 def prune_channels(
-    model: ir.Model, sparsity: float, *, min_channels: int = DEFAULT_MIN_CHANNELS
+    model: ir.Model, sparsity: float, *, min_channels: int = DEFAULT_MIN_CHANNELS, multiple_of: int = 1
 ) -> StructuredReport:
     """Remove the least important ``sparsity`` fraction of every prunable channel group, in place.
 
@@ -149,6 +149,8 @@ def prune_channels(
         model: The model; its weights shrink and depthwise Convs get their new ``group``.
         sparsity: Fraction of each group's channels to remove (rounded down), in [0, 1).
         min_channels: Groups with fewer channels are left alone.
+        multiple_of: Round each group's kept channel count down to a multiple of this (at least
+            one multiple), e.g. 8 for the blocked kernels of onnxruntime's CPU provider; 1 = off.
 
     Returns:
         One ``GroupPrune`` per channel group and the parameter counts before and after.
@@ -158,11 +160,13 @@ def prune_channels(
     """
     check_sparsity(sparsity)
     check_min_channels(min_channels)
+    if multiple_of < 1:
+        raise UsageError(f"multiple_of {multiple_of} must be >= 1 (1: no rounding)")
     report = StructuredReport(sparsity, min_channels, parameters_before=count_parameters(model))
     groups = find_channel_groups(model.graph)
     # Rank every group on the original weights before any of them shrinks (a Conv that reads
     # one group and writes another holds sites of both).
-    plans = [(group, _plan(group, sparsity, min_channels)) for group in groups]
+    plans = [(group, _plan(group, sparsity, min_channels, multiple_of)) for group in groups]
     for group, (kept, skipped) in plans:
         if kept is not None:
             _remove_channels(model.graph, group, kept)
@@ -193,6 +197,7 @@ def prune_channels_file(
     sparsity: float,
     *,
     min_channels: int = DEFAULT_MIN_CHANNELS,
+    multiple_of: int = 1,
     dim_values: collections.abc.Mapping[str, int] | None = None,
 ) -> StructuredReport:
     """Channel-prune the model at ``src`` and write it to ``dst`` atomically (``src`` untouched).
@@ -209,7 +214,7 @@ def prune_channels_file(
     check_sparsity(sparsity)
     check_min_channels(min_channels)
     model = io.load(src)
-    report = prune_channels(model, sparsity, min_channels=min_channels)
+    report = prune_channels(model, sparsity, min_channels=min_channels, multiple_of=multiple_of)
     report.comparison = compare_models(Path(src), model, seeds=ERROR_SEEDS, dim_values=dim_values)
     report.output_path = io.save(model, dst)
     report.seconds = time.perf_counter() - start
@@ -234,7 +239,9 @@ def channel_importance(group: ChannelGroup) -> np.ndarray:
     return importance
 
 
-def _plan(group: ChannelGroup, sparsity: float, min_channels: int) -> tuple[np.ndarray | None, str]:
+def _plan(
+    group: ChannelGroup, sparsity: float, min_channels: int, multiple_of: int
+) -> tuple[np.ndarray | None, str]:
     """The channels to keep (ascending), or None and why the group is left alone."""
     if group.refusal is not None:
         return None, f"refused: {group.refusal}"
@@ -244,6 +251,9 @@ def _plan(group: ChannelGroup, sparsity: float, min_channels: int) -> tuple[np.n
     if group.channels < min_channels:
         return None, f"{group.channels} channels < min_channels {min_channels}"
     remove = min(math.floor(sparsity * group.channels), group.channels - 1)
+    if multiple_of > 1:
+        kept = max(multiple_of, (group.channels - remove) // multiple_of * multiple_of)
+        remove = max(group.channels - kept, 0)
     if remove <= 0:
         return None, f"sparsity {sparsity:g} removes none of {group.channels} channels"
     order = np.argsort(channel_importance(group), kind="stable")
