@@ -64,6 +64,7 @@ PUBLIC_API = {
         "load_recipe",
         "parse_recipe",
     ],
+    "modelpress.channels": ["ChannelGroup", "find_channel_groups"],
     "modelpress.compress": [
         "CompressReport",
         "DistillReport",

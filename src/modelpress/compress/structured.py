@@ -24,7 +24,7 @@ least one stays, and the kept channels keep their order. Depthwise Convs in the 
 ``group = |K|``. The stored shapes of the group's hidden tensors are cleared and inferred again.
 
 Left alone, with the reason in the report: groups the channel analysis refuses
-(``_channel_groups``: channels reaching a graph input or output, Concat, Reshape, Transpose,
+(``modelpress.channels.groups``: channels reaching a graph input or output, Concat, Reshape, Transpose,
 a non-depthwise grouped Conv, shared weights, ...), groups a ``Shape`` reads (its output
 would change with the channel count), groups of fewer than ``min_channels`` channels (stems
 and heads are small and sensitive) and groups where the sparsity removes nothing.
@@ -46,13 +46,13 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as common_passes
 
+from modelpress.channels.groups import ChannelGroup, find_channel_groups
+from modelpress.channels.ops import Kind, Role, Site, constant_array
+from modelpress.channels.sites import rewrite_sites
 from modelpress.compress.prune import ERROR_SEEDS, check_sparsity
 from modelpress.errors import UsageError
 from modelpress.ir import io
 from modelpress.passes.rules import int_attr
-from modelpress.protect.obfuscate._channel_groups import ChannelGroup, find_channel_groups
-from modelpress.protect.obfuscate._channel_ops import Kind, Role, Site, constant_array
-from modelpress.protect.obfuscate._sites import rewrite_sites
 from modelpress.protect.obfuscate.permute_channels import permuted
 from modelpress.runtime.compare import Comparison, compare_models
 
@@ -270,7 +270,7 @@ def _remove_channels(graph: ir.Graph, group: ChannelGroup, kept: np.ndarray) -> 
 
 def _producer_sites(group: ChannelGroup) -> list[Site]:
     # Producer filters are the weights scaled with their channel (consumers' are UNSCALE,
-    # depthwise kernels KEEP): see _channel_ops.Role.
+    # depthwise kernels KEEP): see channels.ops.Role.
     return [site for site in group.sites if site.kind is Kind.WEIGHT and site.role is Role.SCALE]
 
 

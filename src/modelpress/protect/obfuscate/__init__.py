@@ -54,9 +54,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from modelpress.channels.groups import ChannelGroup, find_channel_groups
 from modelpress.errors import UsageError
 from modelpress.passes.base import Instrument, ModelpressPass, PassManager, PassRecord
-from modelpress.protect.obfuscate._channel_groups import ChannelGroup, find_channel_groups
 from modelpress.protect.obfuscate._regions import find_regions
 from modelpress.protect.obfuscate.anonymize import AnonymizeNamesPass
 from modelpress.protect.obfuscate.anonymize_ops import AnonymizeOpTypesPass

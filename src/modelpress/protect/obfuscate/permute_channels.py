@@ -14,7 +14,7 @@ its op counts and its shapes stay the same: onnxruntime runs the same kernels, a
 cost. Results differ from the original only by the order of the consumers' fp32 sums (about
 1e-7 relative); the weights themselves are moved, never rounded.
 
-Groups are found by ``_channel_groups``: a residual Add joins everything it adds into one
+Groups are found by ``modelpress.channels.groups``: a residual Add joins everything it adds into one
 group, so a whole ResNet stage is permuted at once. ``p`` is a derangement (no channel keeps
 its index), drawn per group from ``numpy.random.default_rng(seed)`` in graph order, so the
 same seed on the same model gives the same result, and no weight row stays in its place.
@@ -39,10 +39,10 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from modelpress.channels.groups import find_channel_groups
+from modelpress.channels.ops import Kind, Site, constant_array
+from modelpress.channels.sites import rewrite_sites
 from modelpress.passes.base import ModelpressPass
-from modelpress.protect.obfuscate._channel_groups import find_channel_groups
-from modelpress.protect.obfuscate._channel_ops import Kind, Site, constant_array
-from modelpress.protect.obfuscate._sites import rewrite_sites
 
 __all__ = ["PermuteChannelsPass", "derangement", "permuted"]
 

@@ -22,7 +22,7 @@ A consumer divides its input-channel weights by ``s``: ``W2[:, c] / s_c * s_c h_
 homogeneous, and refused: Clip with a finite non-zero bound (ReLU6: ``min(s x, 6) != s min(x, 6)``),
 Sigmoid, Tanh, Erf (GELU), the other activations, ``x * y`` and ``x / y`` of group tensors
 (``s^2``, ``s^0``), ``k / x``. These groups may still be permuted (``permute_channels``).
-Also refused: whatever ``permute_channels`` refuses (see ``_channel_groups``).
+Also refused: whatever ``permute_channels`` refuses (see ``modelpress.channels.groups``).
 
 Factors are log-uniform in ``[low, high]`` (so ``s`` and ``1/s`` are equally likely when
 ``low = 1/high``), drawn per group from ``numpy.random.default_rng(seed)`` in graph order.
@@ -40,11 +40,11 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from modelpress.channels.groups import find_channel_groups
+from modelpress.channels.ops import Role, Site
+from modelpress.channels.sites import rewrite_sites
 from modelpress.errors import UsageError
 from modelpress.passes.base import ModelpressPass
-from modelpress.protect.obfuscate._channel_groups import find_channel_groups
-from modelpress.protect.obfuscate._channel_ops import Role, Site
-from modelpress.protect.obfuscate._sites import rewrite_sites
 
 __all__ = ["RescaleChannelsPass", "rescaled"]
 

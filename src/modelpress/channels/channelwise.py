@@ -29,9 +29,7 @@ import collections.abc
 import numpy as np
 import onnx_ir as ir
 
-from modelpress.passes.fuse_batchnorm import is_inference_batchnorm
-from modelpress.passes.rules import int_attr
-from modelpress.protect.obfuscate._channel_ops import (
+from modelpress.channels.ops import (
     Kind,
     Role,
     Site,
@@ -40,6 +38,8 @@ from modelpress.protect.obfuscate._channel_ops import (
     float_weight,
     where,
 )
+from modelpress.passes.fuse_batchnorm import is_inference_batchnorm
+from modelpress.passes.rules import int_attr
 
 __all__ = ["channelwise_step"]
 

@@ -1,7 +1,7 @@
-"""Channel groups: hidden tensors whose channels may be relabelled or rescaled together.
+"""Channel groups: hidden tensors whose channels may be relabelled, rescaled or removed together.
 
-Starting from the output of each linear producer (``_channel_ops``), a breadth-first search
-follows the channels forward through channel-wise ops (``_channelwise``) to the consumers,
+Starting from the output of each linear producer (``channels.ops``), a breadth-first search
+follows the channels forward through channel-wise ops (``channels.channelwise``) to the consumers,
 and backward from every group tensor that another group tensor is combined with: a residual
 ``x + y`` stays correct only if ``x`` and ``y`` are transformed alike, so the Add joins both
 sides, and with them every producer that writes into a ResNet stage and every consumer that
@@ -30,7 +30,8 @@ from typing import cast
 
 import onnx_ir as ir
 
-from modelpress.protect.obfuscate._channel_ops import (
+from modelpress.channels.channelwise import channelwise_step
+from modelpress.channels.ops import (
     LINEAR_OPS,
     Consumed,
     Produced,
@@ -40,8 +41,7 @@ from modelpress.protect.obfuscate._channel_ops import (
     linear_producer,
     where,
 )
-from modelpress.protect.obfuscate._channelwise import channelwise_step
-from modelpress.protect.obfuscate._sites import site_problem
+from modelpress.channels.sites import site_problem
 
 __all__ = ["ChannelGroup", "find_channel_groups"]
 

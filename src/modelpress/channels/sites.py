@@ -16,8 +16,8 @@ import collections.abc
 import numpy as np
 import onnx_ir as ir
 
+from modelpress.channels.ops import Kind, Site, constant_array, where
 from modelpress.passes._rewriting import unique_names
-from modelpress.protect.obfuscate._channel_ops import Kind, Site, constant_array, where
 
 __all__ = ["Transform", "rewrite_sites", "site_problem"]
 

@@ -9,7 +9,7 @@ Its ends are linear ops with constant weights, in two parts:
 * a **consumer** (the same ops, reading the group at input 0) sums over its input channels:
   ``W[:, c]`` of Conv, ``B[c]`` of MatMul and Gemm (``B[:, c]`` when ``transB=1``).
 
-Between them sit channel-wise ops (``_channelwise``). Every constant a transform rewrites is
+Between them sit channel-wise ops (``channels.channelwise``). Every constant a transform rewrites is
 a ``Site``: the input slot holding it, the tensor axis along which the channels run, its
 ``Role`` when channel ``c`` is scaled by ``s_c`` and its ``Kind`` (how many entries it must
 have along that axis). Channel axes of hidden tensors are counted from the end (``-3`` for
