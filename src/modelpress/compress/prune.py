@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -98,12 +98,51 @@ class PruneReport:
             "min_elements": self.min_elements,
             "pruned_elements": self.pruned_elements,
             "layers": [dataclasses.asdict(layer) for layer in self.layers],
-            "max_abs_error": None if self.comparison is None else self.comparison.max_abs,
-            "max_rel_error": None if self.comparison is None else self.comparison.max_rel,
-            "errors": None if self.comparison is None else self.comparison.to_json(),
-            "output_path": None if self.output_path is None else str(self.output_path),
-            "seconds": self.seconds,
+            **outcome_json(self),
         }
+
+
+class FileReport(Protocol):
+    """What a pruning report records about its file run: the error check, the file, the time."""
+
+    comparison: Comparison | None
+    output_path: Path | None
+    seconds: float
+
+
+_Report = TypeVar("_Report", bound=FileReport)
+
+
+def outcome_json(report: FileReport) -> dict[str, Any]:
+    """The error check, output file and time of ``report``, as JSON (shared by the pruning reports)."""
+    comparison = report.comparison
+    return {
+        "max_abs_error": None if comparison is None else comparison.max_abs,
+        "max_rel_error": None if comparison is None else comparison.max_rel,
+        "errors": None if comparison is None else comparison.to_json(),
+        "output_path": None if report.output_path is None else str(report.output_path),
+        "seconds": report.seconds,
+    }
+
+
+def prune_on_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    transform: collections.abc.Callable[[ir.Model], _Report],
+    dim_values: collections.abc.Mapping[str, int] | None,
+) -> _Report:
+    """Load ``src``, ``transform`` it, compare with ``src`` on random inputs, save to ``dst``.
+
+    The error is measured on onnxruntime with optimizations off (seeds ``ERROR_SEEDS``) and
+    reported, not checked: pruning is lossy. ``dst`` is written atomically; ``src`` is untouched.
+    """
+    start = time.perf_counter()
+    model = io.load(src)
+    report = transform(model)
+    report.comparison = compare_models(Path(src), model, seeds=ERROR_SEEDS, dim_values=dim_values)
+    report.output_path = io.save(model, dst)
+    report.seconds = time.perf_counter() - start
+    return report
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -194,15 +233,11 @@ def prune_file(
         ModelLoadError: ``src`` is not a valid ONNX model.
         ModelSaveError: ``dst`` could not be written (nothing is left there).
     """
-    start = time.perf_counter()
     check_sparsity(sparsity)
     check_min_elements(min_elements)
-    model = io.load(src)
-    report = prune_model(model, sparsity, min_elements=min_elements)
-    report.comparison = compare_models(Path(src), model, seeds=ERROR_SEEDS, dim_values=dim_values)
-    report.output_path = io.save(model, dst)
-    report.seconds = time.perf_counter() - start
-    return report
+    return prune_on_file(
+        src, dst, lambda model: prune_model(model, sparsity, min_elements=min_elements), dim_values
+    )
 
 
 def _zero_fraction(array: np.ndarray) -> float:

@@ -38,7 +38,6 @@ import functools
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,11 @@ from onnx_ir.passes import common as common_passes
 from modelpress.channels.groups import ChannelGroup, find_channel_groups
 from modelpress.channels.ops import Kind, Role, Site, constant_array
 from modelpress.channels.sites import rewrite_sites
-from modelpress.compress.prune import ERROR_SEEDS, check_sparsity
+from modelpress.compress.prune import check_sparsity, outcome_json, prune_on_file
 from modelpress.errors import UsageError
-from modelpress.ir import io
 from modelpress.passes.rules import int_attr
 from modelpress.protect.obfuscate.permute_channels import permuted
-from modelpress.runtime.compare import Comparison, compare_models
+from modelpress.runtime.compare import Comparison
 
 __all__ = ["DEFAULT_MIN_CHANNELS", "GroupPrune", "StructuredReport", "prune_channels", "prune_channels_file"]
 
@@ -126,11 +124,7 @@ class StructuredReport:
             "parameters_before": self.parameters_before,
             "parameters_after": self.parameters_after,
             "groups": [dataclasses.asdict(group) for group in self.groups],
-            "max_abs_error": None if self.comparison is None else self.comparison.max_abs,
-            "max_rel_error": None if self.comparison is None else self.comparison.max_rel,
-            "errors": None if self.comparison is None else self.comparison.to_json(),
-            "output_path": None if self.output_path is None else str(self.output_path),
-            "seconds": self.seconds,
+            **outcome_json(self),
         }
 
 
@@ -210,15 +204,14 @@ def prune_channels_file(
         ModelLoadError: ``src`` is not a valid ONNX model.
         ModelSaveError: ``dst`` could not be written (nothing is left there).
     """
-    start = time.perf_counter()
     check_sparsity(sparsity)
     check_min_channels(min_channels)
-    model = io.load(src)
-    report = prune_channels(model, sparsity, min_channels=min_channels, multiple_of=multiple_of)
-    report.comparison = compare_models(Path(src), model, seeds=ERROR_SEEDS, dim_values=dim_values)
-    report.output_path = io.save(model, dst)
-    report.seconds = time.perf_counter() - start
-    return report
+    return prune_on_file(
+        src,
+        dst,
+        lambda model: prune_channels(model, sparsity, min_channels=min_channels, multiple_of=multiple_of),
+        dim_values,
+    )
 
 
 def count_parameters(model: ir.Model) -> int:
